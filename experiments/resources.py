@@ -1,0 +1,44 @@
+"""Timing and peak memory of a block of work, for CPU (process RSS, sampled) and CUDA (allocator peak)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psutil
+import torch
+
+
+class Measure:
+    """with Measure() as m: ...  ->  m.seconds, m.peak_rss_mb (process RSS high-water mark during the block),
+    m.peak_cuda_mb (torch allocator peak, 0 without CUDA)."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.seconds = 0.0
+        self.peak_rss_mb = 0.0
+        self.peak_cuda_mb = 0.0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        proc = psutil.Process()
+        while not self._stop.is_set():
+            self.peak_rss_mb = max(self.peak_rss_mb, proc.memory_info().rss / 2**20)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Measure:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            self.peak_cuda_mb = torch.cuda.max_memory_allocated() / 2**20
+        self.seconds = time.perf_counter() - self._t0
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss_mb = max(self.peak_rss_mb, psutil.Process().memory_info().rss / 2**20)

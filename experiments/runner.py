@@ -1,0 +1,175 @@
+"""The shared runner: data -> splits -> seeded strategy -> fit -> test metrics -> MLflow.
+
+It owns data, seeding, metrics, tracking and timing, and treats every strategy the same way: it never
+asks which kind of strategy it is running."""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+
+from strategies.encoder import set_threads
+
+from . import tracking
+from .bundle import build_strategy, save_bundle
+from .data import DataError, Dataset, load_dataset
+from .metrics import confusion_figure, evaluate
+from .resources import Measure
+
+log = logging.getLogger("transfer_bench")
+
+
+def quiet_libraries() -> None:
+    """Progress bars and advisory warnings from the libraries drown the per-epoch lines in sweep logs."""
+    import os
+    import warnings
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in multiple ways.*")
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
+
+
+class ConfigError(ValueError):
+    """An impossible or inconsistent configuration value."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def make_strategy(cfg: DictConfig, num_labels: int):
+    """Build the strategy, turning Hydra's wrapped constructor errors into one readable line."""
+    try:
+        return build_strategy(cfg.strategy, num_labels)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        raise ConfigError(f"strategy '{cfg.strategy.name}': {cause}") from e
+
+
+def run_params(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config, flattened, without the copies the strategy holds by interpolation
+    (strategy.encoder = model, strategy.classifier = classifier) and without groups it does not use."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    strategy = resolved["strategy"]
+    for shared in ("encoder", "classifier"):
+        if shared in strategy:
+            strategy.pop(shared)
+        else:
+            resolved.pop({"encoder": "model"}.get(shared, shared), None)
+    resolved.pop("hydra", None)
+    return tracking.flatten(resolved)
+
+
+def _split_frame(split, names: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"text": split.texts, "label": [names[i] for i in split.labels]})
+
+
+def run(cfg: DictConfig) -> float | None:
+    """One experiment. Returns the final validation macro-F1 (what sweepers may optimise; never test)."""
+    t_start = time.perf_counter()
+    quiet_libraries()
+    set_threads()
+    seed_everything(int(cfg.seed))
+    data: Dataset = load_dataset(cfg.data)
+    seed_everything(int(cfg.seed))  # the strategy's initialisation must not depend on how data was read
+    strategy = make_strategy(cfg, data.num_labels)
+    names = data.label_names
+    experiment_id = tracking.setup(cfg.tracking_uri, cfg.experiment_name)
+    model_tag = strategy.model_name or "none"
+    tags = {
+        "strategy": cfg.strategy.name,
+        "model": model_tag,
+        "dataset": data.name,
+        "seed": str(cfg.seed),
+        "data_fingerprint": data.fingerprint(),
+    } | tracking.environment_tags()
+    run_name = f"{cfg.strategy.name}-{model_tag}-{data.name}-s{cfg.seed}"
+    log.info("run %s: train %d / val %d / test %d, %d classes", run_name, len(data.train), len(data.val),
+             len(data.test), data.num_labels)
+
+    last_val_f1: list[float] = []
+
+    def on_epoch(epoch: int, scalars: dict, val_proba) -> None:
+        metrics = {k: float(v) for k, v in scalars.items()}
+        if val_proba is not None:
+            val = evaluate(data.val.labels, val_proba, names, prefix="val_").scalars
+            metrics |= {k: val[k] for k in ("val_accuracy", "val_f1_macro", "val_log_loss")}
+            last_val_f1.append(val["val_f1_macro"])
+        tracking.log_metrics(metrics, step=epoch)
+        log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+    with tracking.tracked_run(experiment_id, run_name, tags) as active:
+        tracking.log_params(run_params(cfg))
+        tracking.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
+        tracking.log_inputs(
+            {
+                "training": (_split_frame(data.train, names), data.sources.get("train")),
+                "validation": (_split_frame(data.val, names), data.sources.get("train")),
+                "test": (_split_frame(data.test, names), data.sources.get("test")),
+            },
+            data.name,
+        )
+        tracking.log_metrics(
+            {"data_train_size": len(data.train), "data_val_size": len(data.val), "data_test_size": len(data.test)}
+            | {f"data_{k}": v for k, v in data.notes.items()}
+        )
+
+        with Measure() as fit_m:
+            strategy.fit(data.train, data.val, on_epoch)
+        with Measure() as inf_m:
+            proba = strategy.predict_proba(data.test.texts)
+        ev = evaluate(data.test.labels, proba, names)
+        counts = strategy.parameter_counts()
+        summary = ev.scalars | {
+            "trainable_params": counts["trainable"],
+            "total_params": counts["total"],
+            "trainable_fraction": counts["trainable"] / max(1, counts["total"]),
+            "train_time_s": fit_m.seconds,
+            "inference_time_s": inf_m.seconds,
+            "inference_examples_per_s": len(data.test) / max(inf_m.seconds, 1e-9),
+            "peak_rss_mb": max(fit_m.peak_rss_mb, inf_m.peak_rss_mb),
+            "peak_cuda_mb": max(fit_m.peak_cuda_mb, inf_m.peak_cuda_mb),
+        }
+        tracking.log_metrics(summary)
+        tracking.log_params({f"runtime.{k}": str(v) for k, v in strategy.info().items()})
+        tracking.log_text(ev.report_text, "classification_report.txt")
+        tracking.log_dict(ev.report, "classification_report.json")
+        tracking.log_figure(confusion_figure(ev.confusion, names, run_name), "confusion_matrix.png")
+        if cfg.get("save_predictions", True):
+            preds = _split_frame(data.test, names).rename(columns={"label": "true"})
+            preds["pred"] = [names[i] for i in proba.argmax(1)]
+            for i, n in enumerate(names):
+                preds[f"prob_{n}"] = proba[:, i]
+            tracking.log_table(preds, "predictions/test_predictions.csv")
+        if cfg.get("log_model", True):
+            with tempfile.TemporaryDirectory() as tmp:
+                tracking.log_model(save_bundle(strategy, cfg.strategy, names, Path(tmp) / "bundle"))
+        tracking.log_metrics({"wall_time_s": time.perf_counter() - t_start})
+        run_id = active.info.run_id
+
+    print(f"\n== {run_name}  (MLflow run {run_id}, experiment '{cfg.experiment_name}')")
+    print(ev.report_text)
+    print(
+        f"accuracy {summary['test_accuracy']:.4f}  macro-F1 {summary['test_f1_macro']:.4f}  "
+        f"trainable {counts['trainable']:,} / {counts['total']:,} params  "
+        f"train {fit_m.seconds:.1f}s  inference {summary['inference_examples_per_s']:.1f} ex/s  "
+        f"peak RSS {summary['peak_rss_mb']:.0f} MB"
+    )
+    return last_val_f1[-1] if last_val_f1 else None
+
+
+__all__ = ["run", "ConfigError", "DataError"]

@@ -1,0 +1,147 @@
+"""Everything that talks to MLflow. Strategies never import this; the runner does."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import traceback
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+from .data import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("torch", "transformers", "datasets", "scikit-learn", "peft", "hydra-core", "mlflow", "numpy")
+
+
+def setup(tracking_uri: str, experiment_name: str) -> str:
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.set_experiment(experiment_name)
+    return exp.experiment_id
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out |= flatten(value, f"{name}.")
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+    return out
+
+
+def log_params(params: Mapping[str, str]) -> None:
+    """Values longer than the store allows are cut (the full config is an artifact), so a long list in a
+    config never crashes a run the way it does with the HF Trainer's MLflow callback."""
+    safe = {}
+    for k, v in params.items():
+        safe[k] = v if len(v) <= MAX_PARAM_VAL_LENGTH else v[: MAX_PARAM_VAL_LENGTH - 14] + "…[truncated]"
+    items = list(safe.items())
+    for i in range(0, len(items), 100):  # the REST/SQL stores take at most 100 params per batch
+        mlflow.log_params(dict(items[i : i + 100]))
+
+
+def git_state() -> dict[str, str]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    sha = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if sha else False
+    return {"git_commit": sha or "unknown", "git_dirty": str(dirty).lower()}
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+@contextlib.contextmanager
+def tracked_run(experiment_id: str, run_name: str, tags: Mapping[str, str]) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that ends FINISHED only if the body completes; any exception ends it FAILED with the
+    error as a tag and the traceback as an artifact, then propagates."""
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
+    try:
+        yield run
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
+            log_text(traceback.format_exc(), "error/traceback.txt")
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        mlflow.end_run(status=status)
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def log_text(text: str, path: str) -> None:
+    mlflow.log_text(text, path)
+
+
+def log_dict(obj, path: str) -> None:
+    mlflow.log_dict(obj, path)
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics(dict(metrics), step=step)
+
+
+def log_figure(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(fig, path)
+    plt.close(fig)
+
+
+def log_table(df, path: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / Path(path).name
+        df.to_csv(file, index=False)
+        mlflow.log_artifact(str(file), str(Path(path).parent) if Path(path).parent != Path(".") else None)
+
+
+def log_inputs(frames: Mapping[str, tuple], name: str) -> None:
+    """Each split as a dataset input of the run (digest = content hash), so the UI shows what was used."""
+    for context, (df, source) in frames.items():
+        ds = mlflow.data.from_pandas(df, source=source, targets="label", name=f"{name}-{context}")
+        mlflow.log_input(ds, context=context)
+
+
+def log_model(bundle_dir: Path) -> None:
+    """The trained strategy as an MLflow pyfunc "model from code": the bundle (config + weights) is an
+    artifact and the project code travels with it, so `mlflow.pyfunc.load_model` works anywhere."""
+    requirements = [f"{n}=={v}" for n, v in package_versions().items() if n not in ("python",) and v != "missing"]
+    mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(PROJECT_ROOT / "experiments" / "pyfunc_model.py"),
+        artifacts={"bundle": str(bundle_dir)},
+        code_paths=[str(PROJECT_ROOT / "experiments"), str(PROJECT_ROOT / "strategies")],
+        pip_requirements=requirements,  # explicit: inferring them would re-import the model (slow)
+    )
+
+
+def environment_tags() -> dict[str, str]:
+    tags = git_state()
+    tags |= {f"version.{k}": v for k, v in package_versions().items()}
+    tags["hostname_cpu_count"] = str(os.cpu_count())
+    return tags

@@ -1,0 +1,68 @@
+"""The small interface every strategy implements. The runner owns data, seeding, metrics, tracking and
+timing; a strategy only learns from texts and labels and answers with class probabilities."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Split:
+    """Texts with integer labels 0..num_labels-1."""
+
+    texts: list[str]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+# on_epoch(epoch, scalars, val_proba): scalars such as {"train_loss": 0.4}; val_proba are the
+# strategy's probabilities on the validation texts (or None), from which the runner computes metrics.
+EpochCallback = Callable[[int, dict, "np.ndarray | None"], None]
+
+
+def _no_callback(epoch: int, scalars: dict, val_proba) -> None:
+    pass
+
+
+class Strategy(ABC):
+    #: short name of the encoder the strategy transfers from (None: no transfer, e.g. the baseline)
+    model_name: str | None = None
+
+    def __init__(self, num_labels: int):
+        if num_labels < 2:
+            raise ValueError(f"num_labels={num_labels}: a classifier needs at least 2 classes")
+        self.num_labels = num_labels
+
+    @abstractmethod
+    def fit(self, train: Split, val: Split | None = None, on_epoch: EpochCallback = _no_callback) -> None:
+        """Learn from train; val may drive per-epoch reporting or early stopping, never the test split."""
+
+    @abstractmethod
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), num_labels) probabilities, rows in the input order."""
+
+    @abstractmethod
+    def parameter_counts(self) -> dict[str, int]:
+        """{"trainable": n, "total": n} — parameters learned on this task vs all the predictor uses."""
+
+    @abstractmethod
+    def save(self, path: Path) -> None:
+        """Write what was learned under path (safetensors for tensors; joblib only for our own sklearn objects)."""
+
+    @abstractmethod
+    def load(self, path: Path) -> None:
+        """Restore what save wrote, on a strategy built from the same config."""
+
+    def info(self) -> dict:
+        """Facts worth logging that only the strategy knows (device, precision, …)."""
+        return {}
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        return self.predict_proba(texts).argmax(axis=1)

@@ -1,0 +1,277 @@
+"""Everything the encoder-based strategies share: loading a verified BERT, choosing device and precision,
+tokenising once, length-bucketed batches, and pooled features from any layers."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()  # weight-loading bars would flood sweep logs
+
+POOLINGS = ("cls", "mean")
+COMBINES = ("concat", "mean")
+
+
+# ----------------------------------------------------------------------------- model loading
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where an encoder comes from (mirrors conf/model/*.yaml)."""
+
+    name: str
+    name_or_path: str | None = None
+    package: str | None = None
+    sha256: str | None = None
+    max_length: int = 256
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Mapping | ModelSpec) -> ModelSpec:
+        if isinstance(cfg, ModelSpec):
+            return cfg
+        known = {k: v for k, v in dict(cfg).items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def resolve_path(self) -> str:
+        """A local folder or a hub id. A package wins only when no explicit path is given."""
+        if self.name_or_path:
+            return str(self.name_or_path)
+        if self.package:
+            try:
+                mod = importlib.import_module(self.package)
+            except ImportError as e:
+                raise RuntimeError(
+                    f"model '{self.name}' needs the package '{self.package}': pip install "
+                    f"{self.package.replace('_', '-')}, or set model.name_or_path"
+                ) from e
+            return str(mod.get_model_path())
+        raise ValueError(f"model '{self.name}': set model.name_or_path (a local folder or a hub id)")
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=8)
+def _verified(weights: str, expected: str, mtime: float) -> None:
+    # cached on (file, mtime): a sweep verifies 90 MB once, not once per job
+    actual = sha256_of(Path(weights))
+    if actual != expected:
+        raise RuntimeError(
+            f"SHA-256 mismatch for {weights}: expected {expected}, got {actual}; "
+            "reinstall the model package or fix model.sha256"
+        )
+
+
+def verify_weights(spec: ModelSpec, path: str) -> None:
+    if not spec.sha256:
+        return
+    weights = Path(path) / "model.safetensors"
+    if not weights.is_file():
+        raise RuntimeError(f"model '{spec.name}' pins a SHA-256 but {weights} does not exist")
+    _verified(str(weights), spec.sha256.lower(), weights.stat().st_mtime)
+
+
+def load_tokenizer(spec: ModelSpec):
+    path = spec.resolve_path()
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+
+
+def load_encoder(spec: ModelSpec) -> torch.nn.Module:
+    """The bare encoder (AutoModel); heads are the strategies' business. Only safetensors weights load."""
+    path = spec.resolve_path()
+    verify_weights(spec, path)
+    model = AutoModel.from_pretrained(path, trust_remote_code=spec.trust_remote_code, use_safetensors=True)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and spec.max_length > limit:
+        raise ValueError(f"model.max_length={spec.max_length} exceeds what '{spec.name}' supports ({limit})")
+    return model
+
+
+def encoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks, bottom to top, for BERT-like models (also under a peft wrapper)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for attr in ("encoder.layer", "encoder.layers", "layers", "transformer.layer"):
+        obj = base
+        try:
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return list(obj)
+    raise ValueError(f"cannot find the transformer layers of {type(base).__name__}")
+
+
+# ----------------------------------------------------------------------------- device and precision
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device} but no CUDA GPU is visible; use device=cpu or device=auto")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto = bf16 autocast where the hardware does bf16 fast (CUDA with bf16, CPUs with AMX/AVX512-BF16)."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"precision={precision} is not one of auto|fp32|bf16|fp16")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if _cpu_has_bf16() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on CPU")
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- tokenising and batching
+def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[dict[str, list[int]]]:
+    """Tokenise once, unpadded: each batch is later padded only to its own longest member."""
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+
+
+def collate(tokenizer, items: Sequence[dict], device: torch.device) -> dict[str, torch.Tensor]:
+    batch = tokenizer.pad(list(items), return_tensors="pt")
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, *, shuffle: bool = False, rng: np.random.Generator | None = None
+) -> Iterator[np.ndarray]:
+    """Index batches of similar length. Inference: sorted longest first (memory peak shows up at once).
+    Training: shuffled, then sorted inside windows of 50 batches, and the batch order shuffled, so each
+    epoch sees different batches while padding stays small."""
+    lengths = np.asarray(lengths)
+    if not shuffle:
+        order = np.argsort(-lengths, kind="stable")
+        yield from (order[i : i + batch_size] for i in range(0, len(order), batch_size))
+        return
+    rng = rng or np.random.default_rng()
+    perm = rng.permutation(len(lengths))
+    window = batch_size * 50
+    batches = []
+    for w in range(0, len(perm), window):
+        chunk = perm[w : w + window]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    for j in rng.permutation(len(batches)):
+        yield batches[j]
+
+
+# ----------------------------------------------------------------------------- pooling and features
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+    raise ValueError(f"pooling={pooling} is not one of {'|'.join(POOLINGS)}")
+
+
+def check_layers(layers: Sequence[int], num_layers: int) -> list[int]:
+    """Indices into hidden_states: 0 = embeddings, 1..L = blocks, negatives count from the top."""
+    n = num_layers + 1
+    bad = [i for i in layers if not -n <= i < n]
+    if bad or not layers:
+        raise ValueError(f"layers={list(layers)}: each index must be in [{-n}, {n - 1}] for a {num_layers}-layer encoder")
+    return list(layers)
+
+
+def forward_features(
+    model, batch: dict[str, torch.Tensor], layers: Sequence[int], pooling: str, combine: str
+) -> torch.Tensor:
+    only_last = list(layers) == [-1]
+    out = model(**batch, output_hidden_states=not only_last)
+    states = [out.last_hidden_state] if only_last else [out.hidden_states[i] for i in layers]
+    pooled = [pool(h, batch["attention_mask"], pooling) for h in states]
+    if len(pooled) == 1:
+        return pooled[0]
+    if combine == "concat":
+        return torch.cat(pooled, dim=-1)
+    if combine == "mean":
+        return torch.stack(pooled).mean(0)
+    raise ValueError(f"combine={combine} is not one of {'|'.join(COMBINES)}")
+
+
+@torch.inference_mode()
+def extract_features(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    layers: Sequence[int] = (-1,),
+    pooling: str = "cls",
+    combine: str = "concat",
+    batch_size: int = 64,
+    device: torch.device,
+    precision: str,
+) -> np.ndarray:
+    """Pooled features (float32, one row per text, in the input order)."""
+    model.eval()
+    items = tokenize(tokenizer, texts, max_length)
+    lengths = [len(x["input_ids"]) for x in items]
+    out: np.ndarray | None = None
+    for idx in length_batches(lengths, batch_size):
+        batch = collate(tokenizer, [items[i] for i in idx], device)
+        with autocast(device, precision):
+            feats = forward_features(model, batch, layers, pooling, combine)
+        feats = feats.float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(items), feats.shape[1]), dtype=np.float32)
+        out[idx] = feats
+    if out is None:
+        raise ValueError("no texts to encode")
+    return out
+
+
+def count_parameters(*modules) -> tuple[int, int]:
+    """(trainable, total) over the given modules, each parameter counted once."""
+    seen, trainable, total = set(), 0, 0
+    for m in modules:
+        if m is None:
+            continue
+        for p in m.parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            total += p.numel()
+            trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+def set_threads() -> None:
+    """Use every core for intra-op work unless the user pinned it (OMP_NUM_THREADS)."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(os.cpu_count() or 1)

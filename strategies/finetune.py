@@ -1,0 +1,182 @@
+"""finetune: the encoder learns too. One class covers three presets (conf/strategy/):
+- full fine-tuning (trainable_layers: null),
+- partial fine-tuning (trainable_layers: k — the top k blocks and the head train, the rest stays frozen),
+- parameter-efficient fine-tuning (peft: any peft config with a _target_, e.g. LoRA in lora.yaml).
+
+Training is a plain loop (AdamW, warm-up + linear decay, gradient clipping, autocast) over length-bucketed,
+dynamically padded batches: shorter than the HF Trainer and faster, since no batch is padded beyond its
+own longest review."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .base import EpochCallback, Split, _no_callback
+from .encoder import (
+    autocast,
+    collate,
+    count_parameters,
+    encoder_layers,
+    forward_features,
+    length_batches,
+    tokenize,
+)
+from .neural import ClassifierHead, EncoderStrategy, check_loss, check_positive, make_optimizer, numpy_rng
+
+
+class EncoderClassifier(nn.Module):
+    def __init__(self, encoder: nn.Module, head: ClassifierHead, layers, pooling: str, combine: str):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+        self.layers, self.pooling, self.combine = layers, pooling, combine
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(forward_features(self.encoder, batch, self.layers, self.pooling, self.combine))
+
+
+class FineTuneStrategy(EncoderStrategy):
+    def __init__(
+        self,
+        num_labels: int,
+        encoder,
+        trainable_layers: int | None = None,
+        peft=None,
+        head: str = "linear",
+        hidden_size: int = 256,
+        dropout: float = 0.1,
+        epochs: int = 3,
+        lr: float = 5e-5,
+        head_lr: float | None = None,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        batch_size: int = 16,
+        max_grad_norm: float | None = 1.0,
+        gradient_checkpointing: bool = False,
+        **encoder_kwargs,
+    ):
+        super().__init__(num_labels, encoder, **encoder_kwargs)
+        check_positive(epochs=epochs, lr=lr, batch_size=batch_size)
+        if head_lr is not None:
+            check_positive(head_lr=head_lr)
+        if trainable_layers is not None and trainable_layers < 0:
+            raise ValueError(f"strategy.trainable_layers={trainable_layers}: must be null (all) or >= 0")
+        if peft is not None and trainable_layers is not None:
+            raise ValueError("strategy.peft and strategy.trainable_layers exclude each other; set one to null")
+        if isinstance(peft, dict):  # built without Hydra's recursive instantiation
+            from hydra.utils import instantiate
+
+            peft = instantiate(peft)
+        self.trainable_layers, self.peft_config = trainable_layers, peft
+        self.head_kind, self.hidden_size, self.dropout = head, hidden_size, dropout
+        self.epochs, self.lr, self.head_lr = epochs, lr, head_lr
+        self.weight_decay, self.warmup_ratio, self.batch_size = weight_decay, warmup_ratio, batch_size
+        self.max_grad_norm, self.gradient_checkpointing = max_grad_norm, gradient_checkpointing
+        self._net: EncoderClassifier | None = None
+
+    # ------------------------------------------------------------------ building
+    def prepare_encoder(self, encoder: nn.Module) -> nn.Module:
+        encoder = super().prepare_encoder(encoder)
+        if self.gradient_checkpointing:
+            encoder.gradient_checkpointing_enable()
+        if self.peft_config is not None:
+            from peft import get_peft_model
+
+            try:
+                return get_peft_model(encoder, self.peft_config)
+            except ValueError as e:  # e.g. target modules that this architecture does not have
+                raise ValueError(f"strategy.peft does not fit model '{self.spec.name}': {e}") from e
+        if self.trainable_layers is not None:
+            blocks = encoder_layers(encoder)
+            if self.trainable_layers > len(blocks):
+                raise ValueError(
+                    f"strategy.trainable_layers={self.trainable_layers} but '{self.spec.name}' has {len(blocks)} layers"
+                )
+            encoder.requires_grad_(False)
+            for block in blocks[len(blocks) - self.trainable_layers :]:
+                block.requires_grad_(True)
+        return encoder
+
+    @property
+    def net(self) -> EncoderClassifier:
+        if self._net is None:
+            head = ClassifierHead(self.feature_dim, self.num_labels, self.head_kind, self.hidden_size, self.dropout)
+            self._net = EncoderClassifier(self.encoder, head.to(self.device), self.layers, self.pooling, self.combine)
+        return self._net
+
+    # ------------------------------------------------------------------ training
+    def fit(self, train: Split, val: Split | None = None, on_epoch: EpochCallback = _no_callback) -> None:
+        net, tok = self.net, self.tokenizer
+        items = tokenize(tok, train.texts, self.spec.max_length)
+        lengths = [len(x["input_ids"]) for x in items]
+        labels = torch.as_tensor(train.labels, dtype=torch.long)
+        val_items = tokenize(tok, val.texts, self.spec.max_length) if val is not None else None
+        steps_per_epoch = -(-len(items) // self.batch_size)
+        opt, sched = make_optimizer(
+            [
+                {"params": net.encoder.parameters(), "lr": self.lr},
+                {"params": net.head.parameters(), "lr": self.head_lr or self.lr},
+            ],
+            weight_decay=self.weight_decay, total_steps=steps_per_epoch * self.epochs,
+            warmup_ratio=self.warmup_ratio,
+        )
+        trainable = [p for p in net.parameters() if p.requires_grad]
+        rng, step = numpy_rng(), 0
+        for epoch in range(1, self.epochs + 1):
+            net.train()
+            total = 0.0
+            for idx in length_batches(lengths, self.batch_size, shuffle=True, rng=rng):
+                batch = collate(tok, [items[i] for i in idx], self.device)
+                with autocast(self.device, self.precision):
+                    logits = net(batch)
+                loss = nn.functional.cross_entropy(logits.float(), labels[idx].to(self.device))
+                check_loss(loss, step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(trainable, self.max_grad_norm)
+                opt.step()
+                sched.step()
+                total += loss.item() * len(idx)
+                step += 1
+            val_proba = self._proba(val_items) if val_items is not None else None
+            on_epoch(epoch, {"train_loss": total / len(items), "lr": sched.get_last_lr()[0]}, val_proba)
+
+    @torch.inference_mode()
+    def _proba(self, items: list[dict]) -> np.ndarray:
+        net = self.net.eval()
+        lengths = [len(x["input_ids"]) for x in items]
+        out = np.empty((len(items), self.num_labels), dtype=np.float32)
+        for idx in length_batches(lengths, self.encode_batch_size):
+            batch = collate(self.tokenizer, [items[i] for i in idx], self.device)
+            with autocast(self.device, self.precision):
+                logits = net(batch)
+            out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        return out
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        return self._proba(tokenize(self.tokenizer, texts, self.spec.max_length))
+
+    def parameter_counts(self) -> dict[str, int]:
+        trainable, total = count_parameters(self.net)
+        return {"trainable": trainable, "total": total}
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: Path) -> None:
+        """Only what training changed: the trainable tensors (LoRA adapters + head, the top-k blocks + head,
+        or everything for full fine-tuning). The rest is the verified pretrained checkpoint."""
+        state = {n: p.detach().contiguous().cpu() for n, p in self.net.named_parameters() if p.requires_grad}
+        save_file(state, str(Path(path) / "trainable.safetensors"))
+
+    def load(self, path: Path) -> None:
+        state = load_file(str(Path(path) / "trainable.safetensors"), device=str(self.device))
+        missing = set(state) - {n for n, _ in self.net.named_parameters()}
+        if missing:
+            raise ValueError(f"saved weights do not match this strategy config: unexpected {sorted(missing)[:5]}")
+        self.net.load_state_dict(state, strict=False)
+        self.net.eval()

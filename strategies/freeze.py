@@ -1,0 +1,100 @@
+"""freeze: the pretrained encoder stays fixed; only a new head is trained on its pooled features.
+
+Because the encoder never changes, its features are computed once per split and every head epoch runs on
+those tensors — the encoder is never re-run per epoch (the costly part of the naive recipe)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .base import EpochCallback, Split, _no_callback
+from .encoder import count_parameters
+from .neural import ClassifierHead, EncoderStrategy, check_loss, check_positive, make_optimizer, numpy_rng
+
+
+class FreezeStrategy(EncoderStrategy):
+    def __init__(
+        self,
+        num_labels: int,
+        encoder,
+        head: str = "linear",
+        hidden_size: int = 256,
+        dropout: float = 0.1,
+        epochs: int = 20,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.0,
+        batch_size: int = 32,
+        **encoder_kwargs,
+    ):
+        super().__init__(num_labels, encoder, **encoder_kwargs)
+        check_positive(epochs=epochs, lr=lr, batch_size=batch_size)
+        self.head_kind, self.hidden_size, self.dropout = head, hidden_size, dropout
+        self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
+        self.warmup_ratio, self.batch_size = warmup_ratio, batch_size
+        self.head: ClassifierHead | None = None
+
+    def prepare_encoder(self, encoder: nn.Module) -> nn.Module:
+        encoder = super().prepare_encoder(encoder)
+        encoder.requires_grad_(False)
+        return encoder.eval()
+
+    def _build_head(self) -> ClassifierHead:
+        head = ClassifierHead(self.feature_dim, self.num_labels, self.head_kind, self.hidden_size, self.dropout)
+        return head.to(self.device)
+
+    def fit(self, train: Split, val: Split | None = None, on_epoch: EpochCallback = _no_callback) -> None:
+        x = torch.from_numpy(self.features(train.texts)).to(self.device)
+        y = torch.as_tensor(train.labels, dtype=torch.long, device=self.device)
+        x_val = torch.from_numpy(self.features(val.texts)).to(self.device) if val is not None else None
+        self.head = self._build_head()
+        steps_per_epoch = -(-len(x) // self.batch_size)
+        opt, sched = make_optimizer(
+            [{"params": self.head.parameters(), "lr": self.lr}], weight_decay=self.weight_decay,
+            total_steps=steps_per_epoch * self.epochs, warmup_ratio=self.warmup_ratio,
+        )
+        rng, step = numpy_rng(), 0
+        for epoch in range(1, self.epochs + 1):
+            self.head.train()
+            total = 0.0
+            for idx in np.array_split(rng.permutation(len(x)), steps_per_epoch):
+                idx = torch.as_tensor(idx, device=self.device)
+                loss = nn.functional.cross_entropy(self.head(x[idx]), y[idx])
+                check_loss(loss, step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * len(idx)
+                step += 1
+            val_proba = self._head_proba(x_val) if x_val is not None else None
+            on_epoch(epoch, {"train_loss": total / len(x)}, val_proba)
+
+    @torch.inference_mode()
+    def _head_proba(self, x: torch.Tensor) -> np.ndarray:
+        self.head.eval()
+        return torch.softmax(self.head(x).float(), dim=-1).cpu().numpy()
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if self.head is None:
+            raise RuntimeError("call fit() or load() before predict_proba()")
+        return self._head_proba(torch.from_numpy(self.features(texts)).to(self.device))
+
+    def parameter_counts(self) -> dict[str, int]:
+        head = self.head or self._build_head()
+        trainable, total = count_parameters(self.encoder, head)
+        return {"trainable": trainable, "total": total}
+
+    def save(self, path: Path) -> None:
+        save_file({k: v.contiguous().cpu() for k, v in self.head.state_dict().items()}, str(Path(path) / "head.safetensors"))
+
+    def load(self, path: Path) -> None:
+        self.head = self._build_head()
+        self.head.load_state_dict(load_file(str(Path(path) / "head.safetensors"), device=str(self.device)))
+        self.head.eval()

@@ -1,0 +1,149 @@
+"""Shared pieces of the strategies that use a pretrained encoder: lazy loading, device and precision,
+the classification head, and the optimiser recipe."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Strategy
+from .encoder import (
+    POOLINGS,
+    ModelSpec,
+    check_layers,
+    extract_features,
+    load_encoder,
+    load_tokenizer,
+    resolve_device,
+    resolve_precision,
+)
+
+HEADS = ("linear", "mlp")
+
+
+def check_positive(**values) -> None:
+    for key, value in values.items():
+        if value is None or value <= 0:
+            raise ValueError(f"strategy.{key}={value}: must be > 0")
+
+
+class ClassifierHead(nn.Module):
+    """linear: dropout + linear. mlp: one hidden layer with GELU — more capacity on frozen features."""
+
+    def __init__(self, in_dim: int, num_labels: int, kind: str = "linear", hidden_size: int = 256, dropout: float = 0.1):
+        super().__init__()
+        if kind not in HEADS:
+            raise ValueError(f"strategy.head={kind} is not one of {'|'.join(HEADS)}")
+        if kind == "linear":
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, num_labels))
+        else:
+            self.net = nn.Sequential(
+                nn.Dropout(dropout), nn.Linear(in_dim, hidden_size), nn.GELU(), nn.Dropout(dropout),
+                nn.Linear(hidden_size, num_labels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class EncoderStrategy(Strategy):
+    """Base for strategies built on a pretrained encoder. The encoder loads on first use, so that building
+    a strategy from its config (as tests and `predict` do) stays cheap until it is needed."""
+
+    def __init__(
+        self,
+        num_labels: int,
+        encoder: Mapping | ModelSpec,
+        pooling: str = "cls",
+        layers: Sequence[int] = (-1,),
+        combine: str = "concat",
+        encode_batch_size: int = 64,
+        device: str = "auto",
+        precision: str = "auto",
+    ):
+        super().__init__(num_labels)
+        self.spec = ModelSpec.from_config(encoder)
+        if pooling not in POOLINGS:
+            raise ValueError(f"strategy.pooling={pooling} is not one of {'|'.join(POOLINGS)}")
+        check_positive(encode_batch_size=encode_batch_size, max_length=self.spec.max_length)
+        self.pooling, self.layers, self.combine = pooling, list(layers), combine
+        self.encode_batch_size = encode_batch_size
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.model_name = self.spec.name
+        self._tokenizer = None
+        self._encoder: nn.Module | None = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.spec)
+        return self._tokenizer
+
+    @property
+    def encoder(self) -> nn.Module:
+        if self._encoder is None:
+            self._encoder = self.prepare_encoder(load_encoder(self.spec)).to(self.device)
+        return self._encoder
+
+    def prepare_encoder(self, encoder: nn.Module) -> nn.Module:
+        """Hook: freeze, wrap with peft, … Called once, right after loading."""
+        check_layers(self.layers, encoder.config.num_hidden_layers)
+        return encoder
+
+    @property
+    def feature_dim(self) -> int:
+        width = self.encoder.config.hidden_size
+        return width * len(self.layers) if self.combine == "concat" else width
+
+    def features(self, texts: Sequence[str]) -> np.ndarray:
+        return extract_features(
+            self.encoder, self.tokenizer, texts, max_length=self.spec.max_length, layers=self.layers,
+            pooling=self.pooling, combine=self.combine, batch_size=self.encode_batch_size,
+            device=self.device, precision=self.precision,
+        )
+
+    def info(self) -> dict:
+        return {"device": str(self.device), "precision": self.precision, "max_length": self.spec.max_length}
+
+
+def make_optimizer(
+    groups: list[dict], *, weight_decay: float, total_steps: int, warmup_ratio: float
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with linear warm-up then linear decay — the BERT fine-tuning recipe. No weight decay on biases
+    and LayerNorm weights (1-d tensors), as in the original BERT code."""
+    param_groups = []
+    for g in groups:
+        params = [p for p in g["params"] if p.requires_grad]
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        param_groups += [
+            {"params": decay, "lr": g["lr"], "weight_decay": weight_decay},
+            {"params": no_decay, "lr": g["lr"], "weight_decay": 0.0},
+        ]
+    param_groups = [g for g in param_groups if g["params"]]
+    opt = torch.optim.AdamW(param_groups, fused=False)
+    warmup = int(math.ceil(total_steps * warmup_ratio))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+def check_loss(loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"training loss became {loss.item()} at step {step}; lower strategy.lr or use precision=fp32"
+        )
+
+
+def numpy_rng() -> np.random.Generator:
+    """A generator derived from the global seed the runner set, so shuffles are reproducible."""
+    return np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
