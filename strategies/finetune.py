@@ -27,7 +27,15 @@ from .encoder import (
     length_batches,
     tokenize,
 )
-from .neural import ClassifierHead, EncoderStrategy, check_loss, check_positive, make_optimizer, numpy_rng
+from .neural import (
+    ClassifierHead,
+    EarlyStopping,
+    EncoderStrategy,
+    check_loss,
+    check_positive,
+    make_optimizer,
+    numpy_rng,
+)
 
 
 class EncoderClassifier(nn.Module):
@@ -58,6 +66,7 @@ class FineTuneStrategy(EncoderStrategy):
         batch_size: int = 16,
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
+        early_stopping_patience: int | None = None,
         **encoder_kwargs,
     ):
         super().__init__(num_labels, encoder, **encoder_kwargs)
@@ -77,6 +86,8 @@ class FineTuneStrategy(EncoderStrategy):
         self.epochs, self.lr, self.head_lr = epochs, lr, head_lr
         self.weight_decay, self.warmup_ratio, self.batch_size = weight_decay, warmup_ratio, batch_size
         self.max_grad_norm, self.gradient_checkpointing = max_grad_norm, gradient_checkpointing
+        self.early_stopping_patience = early_stopping_patience
+        EarlyStopping(early_stopping_patience)  # validates the value now, not after loading the encoder
         self._net: EncoderClassifier | None = None
 
     # ------------------------------------------------------------------ building
@@ -126,7 +137,7 @@ class FineTuneStrategy(EncoderStrategy):
             warmup_ratio=self.warmup_ratio,
         )
         trainable = [p for p in net.parameters() if p.requires_grad]
-        rng, step = numpy_rng(), 0
+        rng, step, stopper = numpy_rng(), 0, EarlyStopping(self.early_stopping_patience)
         for epoch in range(1, self.epochs + 1):
             net.train()
             total = 0.0
@@ -146,6 +157,10 @@ class FineTuneStrategy(EncoderStrategy):
                 step += 1
             val_proba = self._proba(val_items) if val_items is not None else None
             on_epoch(epoch, {"train_loss": total / len(items), "lr": sched.get_last_lr()[0]}, val_proba)
+            if stopper.step(net, epoch, val_proba, val.labels if val is not None else None):
+                break
+        stopper.restore(net)
+        self.best_epoch = stopper.best_epoch
 
     @torch.inference_mode()
     def _proba(self, items: list[dict]) -> np.ndarray:

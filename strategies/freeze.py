@@ -15,7 +15,15 @@ from torch import nn
 
 from .base import EpochCallback, Split, _no_callback
 from .encoder import count_parameters
-from .neural import ClassifierHead, EncoderStrategy, check_loss, check_positive, make_optimizer, numpy_rng
+from .neural import (
+    ClassifierHead,
+    EarlyStopping,
+    EncoderStrategy,
+    check_loss,
+    check_positive,
+    make_optimizer,
+    numpy_rng,
+)
 
 
 class FreezeStrategy(EncoderStrategy):
@@ -31,6 +39,7 @@ class FreezeStrategy(EncoderStrategy):
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.0,
         batch_size: int = 32,
+        early_stopping_patience: int | None = None,
         **encoder_kwargs,
     ):
         super().__init__(num_labels, encoder, **encoder_kwargs)
@@ -38,6 +47,8 @@ class FreezeStrategy(EncoderStrategy):
         self.head_kind, self.hidden_size, self.dropout = head, hidden_size, dropout
         self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
         self.warmup_ratio, self.batch_size = warmup_ratio, batch_size
+        self.early_stopping_patience = early_stopping_patience
+        EarlyStopping(early_stopping_patience)  # validates the value now, not after encoding
         self.head: ClassifierHead | None = None
 
     def prepare_encoder(self, encoder: nn.Module) -> nn.Module:
@@ -54,12 +65,13 @@ class FreezeStrategy(EncoderStrategy):
         y = torch.as_tensor(train.labels, dtype=torch.long, device=self.device)
         x_val = torch.from_numpy(self.features(val.texts)).to(self.device) if val is not None else None
         self.head = self._build_head()
+        self.head.set_standardizer(x)
         steps_per_epoch = -(-len(x) // self.batch_size)
         opt, sched = make_optimizer(
             [{"params": self.head.parameters(), "lr": self.lr}], weight_decay=self.weight_decay,
             total_steps=steps_per_epoch * self.epochs, warmup_ratio=self.warmup_ratio,
         )
-        rng, step = numpy_rng(), 0
+        rng, step, stopper = numpy_rng(), 0, EarlyStopping(self.early_stopping_patience)
         for epoch in range(1, self.epochs + 1):
             self.head.train()
             total = 0.0
@@ -75,6 +87,10 @@ class FreezeStrategy(EncoderStrategy):
                 step += 1
             val_proba = self._head_proba(x_val) if x_val is not None else None
             on_epoch(epoch, {"train_loss": total / len(x)}, val_proba)
+            if stopper.step(self.head, epoch, val_proba, val.labels if val is not None else None):
+                break
+        stopper.restore(self.head)
+        self.best_epoch = stopper.best_epoch
 
     @torch.inference_mode()
     def _head_proba(self, x: torch.Tensor) -> np.ndarray:

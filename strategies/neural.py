@@ -32,10 +32,15 @@ def check_positive(**values) -> None:
 
 
 class ClassifierHead(nn.Module):
-    """linear: dropout + linear. mlp: one hidden layer with GELU — more capacity on frozen features."""
+    """linear: dropout + linear. mlp: one hidden layer with GELU — more capacity on frozen features.
+
+    The input is standardised with per-feature statistics (identity until set_standardizer is called):
+    pooled encoder features have tiny, uneven scales, on which a head trained for a few epochs underfits."""
 
     def __init__(self, in_dim: int, num_labels: int, kind: str = "linear", hidden_size: int = 256, dropout: float = 0.1):
         super().__init__()
+        self.register_buffer("shift", torch.zeros(in_dim))
+        self.register_buffer("scale", torch.ones(in_dim))
         if kind not in HEADS:
             raise ValueError(f"strategy.head={kind} is not one of {'|'.join(HEADS)}")
         if kind == "linear":
@@ -46,8 +51,13 @@ class ClassifierHead(nn.Module):
                 nn.Linear(hidden_size, num_labels),
             )
 
+    @torch.no_grad()
+    def set_standardizer(self, x: torch.Tensor) -> None:
+        self.shift.copy_(x.mean(0))
+        self.scale.copy_(x.std(0).clamp(min=1e-6))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net((x - self.shift) / self.scale)
 
 
 class EncoderStrategy(Strategy):
@@ -108,7 +118,10 @@ class EncoderStrategy(Strategy):
         )
 
     def info(self) -> dict:
-        return {"device": str(self.device), "precision": self.precision, "max_length": self.spec.max_length}
+        info = {"device": str(self.device), "precision": self.precision, "max_length": self.spec.max_length}
+        if getattr(self, "best_epoch", 0):
+            info["best_epoch"] = self.best_epoch  # the epoch early stopping kept
+        return info
 
 
 def make_optimizer(
@@ -147,3 +160,33 @@ def check_loss(loss: torch.Tensor, step: int) -> None:
 def numpy_rng() -> np.random.Generator:
     """A generator derived from the global seed the runner set, so shuffles are reproducible."""
     return np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+
+
+class EarlyStopping:
+    """Stops after `patience` epochs without a lower validation log-loss and restores the best epoch's
+    trainable weights. Only the validation split drives it — the test split is never seen in training."""
+
+    def __init__(self, patience: int | None):
+        if patience is not None and patience < 1:
+            raise ValueError(f"strategy.early_stopping_patience={patience}: must be null or >= 1")
+        self.patience, self.best, self.best_epoch, self.bad = patience, math.inf, 0, 0
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def step(self, module: nn.Module, epoch: int, val_proba: np.ndarray | None, val_labels) -> bool:
+        """Record this epoch; True means stop now."""
+        if self.patience is None or val_proba is None:
+            return False
+        p = np.clip(val_proba[np.arange(len(val_labels)), np.asarray(val_labels)], 1e-7, 1.0)
+        loss = float(-np.log(p).mean())
+        if loss < self.best - 1e-6:
+            self.best, self.best_epoch, self.bad = loss, epoch, 0
+            keep = {n for n, p in module.named_parameters() if p.requires_grad}
+            self._state = {k: v.detach().clone() for k, v in module.state_dict().items()
+                           if k in keep or k.endswith(("shift", "scale"))}
+            return False
+        self.bad += 1
+        return self.bad >= self.patience
+
+    def restore(self, module: nn.Module) -> None:
+        if self._state is not None:
+            module.load_state_dict(self._state, strict=False)
