@@ -24,14 +24,12 @@ from sklearn.model_selection import train_test_split
 
 from strategies.base import Split
 
+from .errors import DataError
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json"}
-
-
-class DataError(ValueError):
-    """Bad input data; the message says what is wrong and how to fix it."""
 
 
 @dataclass

@@ -5,6 +5,8 @@ asks which kind of strategy it is running."""
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
 import random
 import tempfile
@@ -21,7 +23,8 @@ from strategies.encoder import set_threads
 
 from . import tracking
 from .bundle import build_strategy, save_bundle
-from .data import DataError, Dataset, load_dataset
+from .data import Dataset, load_dataset
+from .errors import ConfigError, DataError, UserError
 from .metrics import confusion_figure, evaluate
 from .resources import Measure
 
@@ -41,10 +44,6 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
 
 
-class ConfigError(ValueError):
-    """An impossible or inconsistent configuration value."""
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -52,12 +51,31 @@ def seed_everything(seed: int) -> None:
 
 
 def make_strategy(cfg: DictConfig, num_labels: int):
-    """Build the strategy, turning Hydra's wrapped constructor errors into one readable line."""
+    """Build the strategy and load what it needs, turning constructor and loading errors (Hydra wraps
+    them) into one readable line — all before an MLflow run exists."""
     try:
-        return build_strategy(cfg.strategy, num_labels)
+        strategy = build_strategy(cfg.strategy, num_labels)
+        strategy.prepare()
+        return strategy
     except InstantiationException as e:
         cause = e.__cause__ or e
         raise ConfigError(f"strategy '{cfg.strategy.name}': {cause}") from e
+    except (ValueError, TypeError, OSError) as e:
+        raise ConfigError(f"strategy '{cfg.strategy.name}' with model '{cfg.model.name}': {e}") from e
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e)
+
+
+def _sweep_dir() -> Path | None:
+    """The sweep folder when this job is part of a Hydra multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir)
 
 
 def run_params(cfg: DictConfig) -> dict[str, str]:
@@ -79,7 +97,36 @@ def _split_frame(split, names: list[str]) -> pd.DataFrame:
 
 
 def run(cfg: DictConfig) -> float | None:
-    """One experiment. Returns the final validation macro-F1 (what sweepers may optimise; never test)."""
+    """One experiment. Returns the final validation macro-F1 (what sweepers may optimise; never test).
+
+    A user error (bad config or data) ends a single run with a one-line message and exit status 1. In a
+    multirun sweep any failing job is recorded in <sweep dir>/failures.jsonl and the sweep goes on; the
+    sweep ends with a summary (experiments.callbacks.SweepSummary)."""
+    try:
+        return _run(cfg)
+    except Exception as e:
+        sweep = _sweep_dir()
+        if sweep is None:
+            if isinstance(e, UserError):
+                raise SystemExit(f"error: {e}") from None
+            raise
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        job = hc.job
+        record = {"job": job.num, "overrides": list(hc.overrides.task), "error": f"{type(e).__name__}: {e}"}
+        sweep.mkdir(parents=True, exist_ok=True)
+        with open(sweep / "failures.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        log.error("job %s failed: %s", job.num, record["error"], exc_info=not isinstance(e, UserError))
+        return None
+    finally:
+        gc.collect()  # a sweep runs its jobs in one process: free each job's model before the next
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _run(cfg: DictConfig) -> float | None:
     t_start = time.perf_counter()
     quiet_libraries()
     set_threads()
@@ -128,10 +175,18 @@ def run(cfg: DictConfig) -> float | None:
             | {f"data_{k}": v for k, v in data.notes.items()}
         )
 
-        with Measure() as fit_m:
-            strategy.fit(data.train, data.val, on_epoch)
-        with Measure() as inf_m:
-            proba = strategy.predict_proba(data.test.texts)
+        try:
+            with Measure() as fit_m:
+                strategy.fit(data.train, data.val, on_epoch)
+            with Measure() as inf_m:
+                proba = strategy.predict_proba(data.test.texts)
+        except (RuntimeError, MemoryError) as e:
+            if _is_oom(e):
+                raise MemoryError(
+                    f"out of memory on {strategy.info().get('device', 'cpu')}: lower strategy.batch_size "
+                    f"(or strategy.encode_batch_size) or model.max_length, or set strategy.gradient_checkpointing=true"
+                ) from e
+            raise
         ev = evaluate(data.test.labels, proba, names)
         counts = strategy.parameter_counts()
         summary = ev.scalars | {
@@ -172,4 +227,4 @@ def run(cfg: DictConfig) -> float | None:
     return last_val_f1[-1] if last_val_f1 else None
 
 
-__all__ = ["run", "ConfigError", "DataError"]
+__all__ = ["run", "ConfigError", "DataError", "UserError"]

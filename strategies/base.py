@@ -40,6 +40,10 @@ class Strategy(ABC):
             raise ValueError(f"num_labels={num_labels}: a classifier needs at least 2 classes")
         self.num_labels = num_labels
 
+    def prepare(self) -> None:
+        """Load and check everything heavy (weights, tokenizer) before a run starts, so that a config that
+        does not fit the model fails before anything is logged. Optional; fit() must work without it."""
+
     @abstractmethod
     def fit(self, train: Split, val: Split | None = None, on_epoch: EpochCallback = _no_callback) -> None:
         """Learn from train; val may drive per-epoch reporting or early stopping, never the test split."""

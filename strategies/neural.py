@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .base import Strategy
+from .cache import FeatureCache, texts_digest, tokenizer_identity, weights_identity
 from .encoder import (
     POOLINGS,
     ModelSpec,
@@ -74,9 +75,16 @@ class EncoderStrategy(Strategy):
         encode_batch_size: int = 64,
         device: str = "auto",
         precision: str = "auto",
+        cache: bool = False,
+        cache_dir: str | None = None,
     ):
         super().__init__(num_labels)
         self.spec = ModelSpec.from_config(encoder)
+        if cache and not cache_dir:
+            raise ValueError("strategy.cache=true needs strategy.cache_dir (a folder for the feature cache)")
+        # Only features() reads the cache, and only the frozen-encoder strategies (freeze, embed) call it.
+        self.feature_cache = FeatureCache(cache_dir) if cache else None
+        self._cache_ids: dict | None = None
         if pooling not in POOLINGS:
             raise ValueError(f"strategy.pooling={pooling} is not one of {'|'.join(POOLINGS)}")
         check_positive(encode_batch_size=encode_batch_size, max_length=self.spec.max_length)
@@ -100,6 +108,9 @@ class EncoderStrategy(Strategy):
             self._encoder = self.prepare_encoder(load_encoder(self.spec)).to(self.device)
         return self._encoder
 
+    def prepare(self) -> None:
+        self.tokenizer, self.encoder  # noqa: B018 — load (and verify) both now; errors surface before the run
+
     def prepare_encoder(self, encoder: nn.Module) -> nn.Module:
         """Hook: freeze, wrap with peft, … Called once, right after loading."""
         check_layers(self.layers, encoder.config.num_hidden_layers)
@@ -111,6 +122,22 @@ class EncoderStrategy(Strategy):
         return width * len(self.layers) if self.combine == "concat" else width
 
     def features(self, texts: Sequence[str]) -> np.ndarray:
+        """Pooled features of the frozen encoder, from the feature cache when enabled."""
+        if self.feature_cache is None:
+            return self._extract(texts)
+        if self._cache_ids is None:  # once per strategy: hashing the tokenizer (and maybe weights) costs ms-s
+            self._cache_ids = {
+                "weights": weights_identity(self.spec, lambda: self.encoder),
+                "tokenizer": tokenizer_identity(self.tokenizer),
+            }
+        parts = self._cache_ids | {
+            "texts": texts_digest(texts), "max_length": self.spec.max_length, "layers": self.layers,
+            "pooling": self.pooling, "combine": self.combine, "precision": self.precision,
+            "device": self.device.type,
+        }
+        return self.feature_cache.get(parts, len(texts), lambda: self._extract(texts))
+
+    def _extract(self, texts: Sequence[str]) -> np.ndarray:
         return extract_features(
             self.encoder, self.tokenizer, texts, max_length=self.spec.max_length, layers=self.layers,
             pooling=self.pooling, combine=self.combine, batch_size=self.encode_batch_size,
@@ -119,6 +146,7 @@ class EncoderStrategy(Strategy):
 
     def info(self) -> dict:
         info = {"device": str(self.device), "precision": self.precision, "max_length": self.spec.max_length}
+        info |= self.feature_cache.status() if self.feature_cache else {"feature_cache": "off"}
         if getattr(self, "best_epoch", 0):
             info["best_epoch"] = self.best_epoch  # the epoch early stopping kept
         return info
