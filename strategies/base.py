@@ -40,7 +40,7 @@ class Strategy(ABC):
             raise ValueError(f"num_labels={num_labels}: a classifier needs at least 2 classes")
         self.num_labels = num_labels
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 — an optional hook, empty by default
         """Load and check everything heavy (weights, tokenizer) before a run starts, so that a config that
         does not fit the model fails before anything is logged. Optional; fit() must work without it."""
 
