@@ -6,9 +6,11 @@ asks which kind of strategy it is running."""
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -88,8 +90,29 @@ def run_params(cfg: DictConfig) -> dict[str, str]:
             strategy.pop(shared)
         else:
             resolved.pop({"encoder": "model"}.get(shared, shared), None)
-    resolved.pop("hydra", None)
+    for volatile in ("hydra", "resume"):  # resume=true continues the same run: its params must not change
+        resolved.pop(volatile, None)
     return tracking.flatten(resolved)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Identity of a run's configuration (what a resumed run must match)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for volatile in ("hydra", "resume"):
+        resolved.pop(volatile, None)
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def checkpoint_folder(cfg: DictConfig) -> tuple[Path, str | None]:
+    """(folder for this config's resumable state, MLflow run id to continue or None)."""
+    folder = Path(cfg.get("checkpoint_dir", "checkpoints")).expanduser() / config_hash(cfg)
+    meta = folder / "run.json"
+    if cfg.get("resume", False):
+        if meta.is_file():
+            return folder, json.loads(meta.read_text())["run_id"]
+        log.warning("resume=true but %s holds no interrupted run of this config: starting afresh", folder)
+    shutil.rmtree(folder, ignore_errors=True)  # state of an earlier interrupted run is stale now
+    return folder, None
 
 
 def _split_frame(split, names: list[str]) -> pd.DataFrame:
@@ -135,6 +158,8 @@ def _run(cfg: DictConfig) -> float | None:
     seed_everything(int(cfg.seed))  # the strategy's initialisation must not depend on how data was read
     strategy = make_strategy(cfg, data.num_labels)
     names = data.label_names
+    ckpt_dir, resume_id = checkpoint_folder(cfg)
+    strategy.enable_checkpoints(ckpt_dir, int(cfg.get("checkpoint_every", 0)))
     experiment_id = tracking.setup(cfg.tracking_uri, cfg.experiment_name)
     model_tag = strategy.model_name or "none"
     tags = {
@@ -159,17 +184,22 @@ def _run(cfg: DictConfig) -> float | None:
         tracking.log_metrics(metrics, step=epoch)
         log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
-    with tracking.tracked_run(experiment_id, run_name, tags) as active:
-        tracking.log_params(run_params(cfg))
-        tracking.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
-        tracking.log_inputs(
-            {
-                "training": (_split_frame(data.train, names), data.sources.get("train")),
-                "validation": (_split_frame(data.val, names), data.sources.get("train")),
-                "test": (_split_frame(data.test, names), data.sources.get("test")),
-            },
-            data.name,
-        )
+    with tracking.tracked_run(experiment_id, run_name, tags, run_id=resume_id) as active:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / "run.json").write_text(json.dumps({"run_id": active.info.run_id}))
+        if resume_id is None:
+            tracking.log_params(run_params(cfg))
+            tracking.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
+            tracking.log_inputs(
+                {
+                    "training": (_split_frame(data.train, names), data.sources.get("train")),
+                    "validation": (_split_frame(data.val, names), data.sources.get("train")),
+                    "test": (_split_frame(data.test, names), data.sources.get("test")),
+                },
+                data.name,
+            )
+        else:
+            log.info("resuming MLflow run %s from %s", resume_id, ckpt_dir)
         tracking.log_metrics(
             {"data_train_size": len(data.train), "data_val_size": len(data.val), "data_test_size": len(data.test)}
             | {f"data_{k}": v for k, v in data.notes.items()}
@@ -215,6 +245,7 @@ def _run(cfg: DictConfig) -> float | None:
                 tracking.log_model(save_bundle(strategy, cfg.strategy, names, Path(tmp) / "bundle"))
         tracking.log_metrics({"wall_time_s": time.perf_counter() - t_start})
         run_id = active.info.run_id
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # FINISHED: nothing left to resume
 
     print(f"\n== {run_name}  (MLflow run {run_id}, experiment '{cfg.experiment_name}')")
     print(ev.report_text)

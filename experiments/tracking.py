@@ -77,10 +77,16 @@ def package_versions() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def tracked_run(experiment_id: str, run_name: str, tags: Mapping[str, str]) -> Iterator[mlflow.ActiveRun]:
+def tracked_run(
+    experiment_id: str, run_name: str, tags: Mapping[str, str], run_id: str | None = None
+) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that ends FINISHED only if the body completes; any exception ends it FAILED with the
-    error as a tag and the traceback as an artifact, then propagates."""
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
+    error as a tag and the traceback as an artifact, then propagates. run_id continues an existing run."""
+    if run_id is not None:
+        run = mlflow.start_run(run_id=run_id)
+        mlflow.set_tags(dict(tags))
+    else:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
     try:
         yield run
     except BaseException as e:

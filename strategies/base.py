@@ -44,6 +44,10 @@ class Strategy(ABC):
         """Load and check everything heavy (weights, tokenizer) before a run starts, so that a config that
         does not fit the model fails before anything is logged. Optional; fit() must work without it."""
 
+    def enable_checkpoints(self, directory: Path, every_steps: int) -> None:  # noqa: B027 — optional hook
+        """Strategies whose training is long save resumable state under directory every N steps and, when
+        state is already there, continue from it. The default (short trainings) saves nothing."""
+
     @abstractmethod
     def fit(self, train: Split, val: Split | None = None, on_epoch: EpochCallback = _no_callback) -> None:
         """Learn from train; val may drive per-epoch reporting or early stopping, never the test split."""

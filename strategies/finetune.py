@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import checkpoint
 from .base import EpochCallback, Split, _no_callback
 from .encoder import (
     autocast,
@@ -89,6 +90,9 @@ class FineTuneStrategy(EncoderStrategy):
         self.early_stopping_patience = early_stopping_patience
         EarlyStopping(early_stopping_patience)  # validates the value now, not after loading the encoder
         self._net: EncoderClassifier | None = None
+        self._ckpt_dir: Path | None = None
+        self._ckpt_every = 0
+        self.resumed_from_step = 0
 
     # ------------------------------------------------------------------ building
     def prepare_encoder(self, encoder: nn.Module) -> nn.Module:
@@ -121,6 +125,9 @@ class FineTuneStrategy(EncoderStrategy):
         return self._net
 
     # ------------------------------------------------------------------ training
+    def enable_checkpoints(self, directory: Path, every_steps: int) -> None:
+        self._ckpt_dir, self._ckpt_every = Path(directory), int(every_steps)
+
     def fit(self, train: Split, val: Split | None = None, on_epoch: EpochCallback = _no_callback) -> None:
         net, tok = self.net, self.tokenizer
         items = tokenize(tok, train.texts, self.spec.max_length)
@@ -136,25 +143,49 @@ class FineTuneStrategy(EncoderStrategy):
             weight_decay=self.weight_decay, total_steps=steps_per_epoch * self.epochs,
             warmup_ratio=self.warmup_ratio,
         )
-        trainable = [p for p in net.parameters() if p.requires_grad]
-        rng, step, stopper = numpy_rng(), 0, EarlyStopping(self.early_stopping_patience)
-        for epoch in range(1, self.epochs + 1):
+        trainable = {n: p for n, p in net.named_parameters() if p.requires_grad}
+        rng, stopper = numpy_rng(), EarlyStopping(self.early_stopping_patience)
+        # Resumable state: with the batch order of the epoch replayed from the saved generator state and
+        # the torch RNG (dropout) restored, a resumed run takes exactly the steps an uninterrupted one would.
+        pos = {"epoch": 1, "batch": 0, "step": 0, "total": 0.0}
+        saved = checkpoint.load(self._ckpt_dir)
+        if saved is not None:
+            net.load_state_dict(saved["trainable"], strict=False)
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            stopper.__dict__.update(saved["stopper"])
+            pos = saved["pos"]
+            rng.bit_generator.state = saved["epoch_rng"]
+            torch.set_rng_state(saved["torch_rng"])
+            self.resumed_from_step = pos["step"]
+        for epoch in range(pos["epoch"], self.epochs + 1):
             net.train()
-            total = 0.0
-            for idx in length_batches(lengths, self.batch_size, shuffle=True, rng=rng):
+            epoch_rng = rng.bit_generator.state  # replaying from here regenerates this epoch's batches
+            batches = list(length_batches(lengths, self.batch_size, shuffle=True, rng=rng))
+            first, total = (pos["batch"], pos["total"]) if epoch == pos["epoch"] else (0, 0.0)
+            for b in range(first, len(batches)):
+                idx = batches[b]
                 batch = collate(tok, [items[i] for i in idx], self.device)
                 with autocast(self.device, self.precision):
                     logits = net(batch)
                 loss = nn.functional.cross_entropy(logits.float(), labels[idx].to(self.device))
-                check_loss(loss, step)
+                check_loss(loss, pos["step"])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(trainable, self.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(list(trainable.values()), self.max_grad_norm)
                 opt.step()
                 sched.step()
                 total += loss.item() * len(idx)
-                step += 1
+                pos["step"] += 1
+                if self._ckpt_every and pos["step"] % self._ckpt_every == 0:
+                    pos_now = {"epoch": epoch, "batch": b + 1, "step": pos["step"], "total": total}
+                    checkpoint.save(self._ckpt_dir, {
+                        "trainable": {n: p.detach().cpu() for n, p in trainable.items()},
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "stopper": dict(stopper.__dict__), "pos": pos_now, "epoch_rng": epoch_rng,
+                        "torch_rng": torch.get_rng_state(),
+                    })
             val_proba = self._proba(val_items) if val_items is not None else None
             on_epoch(epoch, {"train_loss": total / len(items), "lr": sched.get_last_lr()[0]}, val_proba)
             if stopper.step(net, epoch, val_proba, val.labels if val is not None else None):
@@ -176,6 +207,9 @@ class FineTuneStrategy(EncoderStrategy):
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         return self._proba(tokenize(self.tokenizer, texts, self.spec.max_length))
+
+    def info(self) -> dict:
+        return super().info() | ({"resumed_from_step": self.resumed_from_step} if self.resumed_from_step else {})
 
     def parameter_counts(self) -> dict[str, int]:
         trainable, total = count_parameters(self.net)
