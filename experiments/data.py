@@ -92,6 +92,8 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataError(f"{path} is not valid UTF-8 ({e.reason} at byte {e.start}); re-save it as UTF-8") from e
     except Exception as e:  # datasets wraps parser errors in several exception types
         cause = e.__cause__ or e
+        if "corresponds to no data" in str(e):  # datasets' way of saying the file has no rows
+            raise DataError(f"{path}: the split is empty (no rows); it needs labelled examples") from e
         if isinstance(cause, UnicodeDecodeError):
             raise DataError(f"{path} is not valid UTF-8; re-save it as UTF-8") from e
         raise DataError(f"{path}: could not be read as {builder}: {str(cause).splitlines()[0][:200]}") from e

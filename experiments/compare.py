@@ -1,0 +1,504 @@
+"""The comparison report: read the FINISHED runs of an experiment (or of one sweep) from MLflow and say which
+strategy to use — a table (mean ± std over seeds), Pareto plots, learning curves, accuracy per layer, and a
+paired McNemar test between strategies scored on the same test set.
+
+    python -m experiments.compare --experiment NAME [--tracking-uri sqlite:///mlflow.db]
+                                  [--parent-run-id ID] [--out DIR] [--group-by strategy,data.train_size]
+
+Writes comparison.md, comparison.csv, significance.csv and PNG plots to --out; with --parent-run-id the same
+files are also logged to that run under report/. `build_report()` is the same thing as a function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+ALPHA = 0.05
+EXACT_BELOW = 25  # McNemar: exact binomial when b + c < 25, where the chi-square approximation is poor
+PREDICTIONS = "predictions/test_predictions.csv"
+TRAIN_SIZE, LAYERS = "data.train_size", "strategy.layers"
+CACHE = "params.runtime.feature_cache"  # hit/partial: the run read encoder features instead of computing them
+TIMINGS = ("train_time_s", "examples_per_s")
+# Params that never make two runs different configurations: bookkeeping, outputs of the run, and the seed
+# itself (seeds are the replicates that mean ± std is taken over).
+NOT_CONFIG = {"seed", "tracking_uri", "experiment_name", "log_model", "save_predictions"}
+METRICS = {  # table column -> MLflow metric
+    "acc": "test_accuracy",
+    "f1": "test_f1_macro",
+    "trainable_params": "trainable_params",
+    "train_time_s": "train_time_s",
+    "examples_per_s": "inference_examples_per_s",
+    "train_examples": "data_train_size",
+}
+SIGNIFICANCE_METHOD = (
+    "McNemar's test on paired test predictions, only between groups whose runs share one `data_fingerprint` "
+    "(the same train/val/test examples). With several seeds a group is represented by its per-example "
+    "majority vote across seeds (ties broken by the mean predicted probability): every seed contributes, and "
+    "each test example is counted once, which is the independence McNemar needs. It tests whether the "
+    "consensus predictions differ in error rate on this test set; seed-to-seed spread is the ± std column. "
+    f"Exact binomial when the discordant count b + c < {EXACT_BELOW}, else chi-square with continuity "
+    "correction; p-values Holm-adjusted for the number of pairs."
+)
+
+
+class ReportError(ValueError):
+    """Nothing to report on: unknown experiment, no finished runs, unknown group-by key."""
+
+
+@dataclass
+class Report:
+    table: pd.DataFrame  # one row per group
+    pairs: pd.DataFrame  # one row per McNemar comparison
+    group_by: list[str]
+    markdown: str
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- reading runs
+def fetch_runs(client, experiment: str, parent_run_id: str | None = None) -> pd.DataFrame:
+    """FINISHED runs as one row each (run_id, start_time, tags.*, params.*, metrics.*), newest first."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ReportError(f"no MLflow experiment named '{experiment}'")
+    query = "attributes.status = 'FINISHED'"
+    if parent_run_id:
+        query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    rows, token = [], None
+    while True:  # paginated: a large sweep has more runs than one page
+        page = client.search_runs([exp.experiment_id], query, max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time DESC"])
+        for r in page:
+            rows.append({"run_id": r.info.run_id, "start_time": r.info.start_time}
+                        | {f"tags.{k}": v for k, v in r.data.tags.items()}
+                        | {f"params.{k}": v for k, v in r.data.params.items()}
+                        | {f"metrics.{k}": v for k, v in r.data.metrics.items()})
+        token = page.token
+        if not token:
+            break
+    runs = pd.DataFrame(rows)
+    if runs.empty or "metrics.test_accuracy" not in runs:
+        raise ReportError(f"no finished runs with test metrics in '{experiment}'"
+                          + (f" under parent run {parent_run_id}" if parent_run_id else ""))
+    for col in (f"metrics.{m}" for m in METRICS.values()):
+        if col not in runs:
+            runs[col] = np.nan
+    # A sweep's parent run finishes too but has no test metrics of its own.
+    return runs[runs["metrics.test_accuracy"].notna()].reset_index(drop=True)
+
+
+def _config_columns(runs: pd.DataFrame) -> list[str]:
+    """Params that define a configuration: not bookkeeping, not runtime outputs, not copies of the seed
+    (classifier.random_state is ${seed})."""
+    seed = runs.get("params.seed")
+    cols = []
+    for col in (c for c in runs.columns if c.startswith("params.")):
+        name = col.removeprefix("params.")
+        if name in NOT_CONFIG or name.startswith("runtime."):
+            continue
+        if seed is not None and (runs[col].isna() | (runs[col] == seed)).all():
+            continue
+        cols.append(col)
+    return cols
+
+
+def deduplicate(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Keep the newest run of each identical (config, seed, data): a re-launched sweep repeats runs, and a
+    repeat is not an independent replicate — counting it would shrink the std."""
+    ids = ["tags.strategy", "tags.model", "tags.dataset", "tags.seed", "tags.data_fingerprint", "params.seed"]
+    cols = [c for c in _config_columns(runs) + ids if c in runs]
+    if not cols:
+        return runs, 0
+    kept = runs.loc[~runs[cols].fillna("").astype(str).duplicated()]  # newest first: keeps the newest
+    return kept.reset_index(drop=True), len(runs) - len(kept)
+
+
+def column_of(runs: pd.DataFrame, key: str) -> str:
+    """A group-by key as a column: a tag (strategy, model, dataset) first, then a param (data.train_size)."""
+    for col in (key, f"tags.{key}", f"params.{key}"):
+        if col in runs:
+            return col
+    raise ReportError(f"--group-by '{key}' is neither a tag nor a param of these runs")
+
+
+def default_group_by(runs: pd.DataFrame) -> list[str]:
+    """strategy, + model/dataset when several, + every config param that varies within those groups
+    (strategy.layers in a layer probe, data.train_size in a learning curve): runs that differ in anything
+    but the seed are different configurations, never seeds of one."""
+    def several(tag: str) -> bool:  # model "none" (the TF-IDF baseline) is not a second encoder
+        return f"tags.{tag}" in runs and runs[f"tags.{tag}"].replace("none", np.nan).nunique() > 1
+
+    keys = ["strategy"] + [tag for tag in ("model", "dataset") if several(tag)]
+    base = [column_of(runs, k) for k in keys]
+    for col in _config_columns(runs):
+        if runs.fillna({col: "—"}).groupby(base, dropna=False)[col].nunique().max() > 1:
+            keys.append(col.removeprefix("params."))
+    return keys
+
+
+# ----------------------------------------------------------------------------- the table
+def _seeds(s: pd.Series) -> str:
+    return ",".join(sorted(s.dropna().astype(str), key=lambda x: (len(x), x)))
+
+
+def build_table(runs: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
+    cols = [column_of(runs, k) for k in group_by]
+    runs = runs.fillna({c: "—" for c in cols})  # a param one strategy lacks (baseline has no layers)
+    agg = {"runs": ("run_id", "size")}
+    if "tags.seed" in runs:
+        agg["seeds"] = ("tags.seed", _seeds)
+    # A run that read its encoder features from the feature cache did not pay for encoding: its train time
+    # and throughput are not the strategy's cost. Timings average the runs that computed features; a group
+    # with only cache hits falls back to them and is flagged (timing_cached).
+    cached = runs[CACHE].isin(["hit", "partial"]) if CACHE in runs else pd.Series(False, index=runs.index)
+    for name in TIMINGS:
+        runs[f"_{name}"] = runs[f"metrics.{METRICS[name]}"].where(~cached)
+        agg[f"_{name}"] = (f"_{name}", "mean")
+    agg["_cached"] = ("run_id", lambda ids: bool(cached[ids.index].all()))
+    for name, metric in METRICS.items():
+        col = f"metrics.{metric}"
+        agg[f"{name}_mean"] = (col, "mean")
+        if name in ("acc", "f1"):
+            agg[f"{name}_std"] = (col, "std")  # sample std (ddof=1) over seeds; NaN for a single run
+    if "tags.data_fingerprint" in runs:
+        agg["data_fingerprint"] = ("tags.data_fingerprint", lambda s: ",".join(sorted(s.dropna().unique())))
+    table = runs.groupby(cols, sort=False).agg(**agg).reset_index()
+    table.columns = group_by + list(table.columns[len(cols):])
+    table = table.rename(columns={"trainable_params_mean": "trainable_params"})
+    for name in TIMINGS:
+        table[f"{name}_mean"] = table.pop(f"_{name}").fillna(table[f"{name}_mean"])
+    table["timing_cached"] = table.pop("_cached")
+    table["pareto_params"] = pareto_front(table["trainable_params"], table["acc_mean"])
+    table["pareto_time"] = pareto_front(table["train_time_s_mean"], table["acc_mean"])
+    table.insert(0, "group", [label(row, group_by) for _, row in table.iterrows()])
+    if all("." not in k for k in group_by):  # strategies only: ranked, best first
+        return table.sort_values("acc_mean", ascending=False, kind="stable").reset_index(drop=True)
+    # a sweep axis (train size, layers): read along it, strategy by strategy
+    return table.sort_values(group_by, key=lambda s: s.map(_natural), kind="stable").reset_index(drop=True)
+
+
+def label(row, group_by: list[str]) -> str:
+    """'embed · layers=[3]': tag values as they are, params as short name=value."""
+    return " · ".join(str(row[k]) if "." not in k else f"{k.rsplit('.', 1)[-1]}={row[k]}" for k in group_by)
+
+
+def pareto_front(cost: pd.Series, acc: pd.Series) -> np.ndarray:
+    """True for groups no other group beats on both axes (lower or equal cost and higher accuracy)."""
+    on = np.zeros(len(cost), dtype=bool)
+    best = -np.inf
+    for i in np.lexsort((-acc.to_numpy(), cost.to_numpy())):  # by cost, then best accuracy first
+        if not np.isnan(cost.iloc[i]) and acc.iloc[i] > best:
+            on[i], best = True, acc.iloc[i]
+    return on
+
+
+# ----------------------------------------------------------------------------- significance
+def mcnemar(b: int, c: int) -> tuple[float, str]:
+    """Two-sided McNemar p-value from the discordant counts b (only A right) and c (only B right)."""
+    if b + c == 0:
+        return 1.0, "exact"
+    if b + c < EXACT_BELOW:
+        return float(stats.binomtest(b, b + c, 0.5).pvalue), "exact"
+    chi2 = (abs(b - c) - 1) ** 2 / (b + c)
+    return float(stats.chi2.sf(chi2, df=1)), "chi2"
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm step-down adjusted p-values (same order as given)."""
+    p = np.asarray(pvalues, dtype=float)
+    order = np.argsort(p)
+    adjusted = np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order])
+    out = np.empty_like(p)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def majority_vote(frames: list[pd.DataFrame]) -> np.ndarray:
+    """Per-example majority of the seeds' predicted labels; ties go to the label with the higher mean
+    predicted probability (a tie-break below one vote, since probabilities are in [0, 1])."""
+    labels = sorted(set().union(*(f["pred"] for f in frames), *(f["true"] for f in frames)))
+    score = np.zeros((len(frames[0]), len(labels)))
+    for f in frames:
+        for j, name in enumerate(labels):
+            score[:, j] += (f["pred"] == name).to_numpy()
+            if f"prob_{name}" in f:
+                score[:, j] += 1e-3 * pd.to_numeric(f[f"prob_{name}"]).to_numpy() / len(frames)
+    return np.asarray(labels)[score.argmax(1)]
+
+
+def _load_predictions(client, run_id: str, tmp: Path) -> pd.DataFrame | None:
+    try:
+        path = client.download_artifacts(run_id, PREDICTIONS, str(tmp / run_id))
+    except Exception:  # mlflow raises several types for a missing artifact (save_predictions=false)
+        return None
+    return pd.read_csv(path, dtype={"true": str, "pred": str}, keep_default_na=False)
+
+
+def significance(client, runs: pd.DataFrame, table: pd.DataFrame,
+                 group_by: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """McNemar between every two groups scored on the same data (equal data_fingerprint), Holm-adjusted."""
+    notes: list[str] = []
+    cols = [column_of(runs, k) for k in group_by]
+    runs = runs.fillna({c: "—" for c in cols})
+    keyed = {tuple(map(str, key)): members for key, members in runs.groupby(cols, sort=False)}
+    votes: dict[str, tuple[str, pd.DataFrame, np.ndarray]] = {}  # group -> (fingerprint, examples, vote)
+    with tempfile.TemporaryDirectory() as tmp:
+        for _, row in table.iterrows():
+            members = keyed[tuple(str(row[k]) for k in group_by)]
+            prints = members.get("tags.data_fingerprint", pd.Series(dtype=str)).dropna().unique()
+            if len(prints) != 1:
+                notes.append(f"{row['group']}: not tested (its runs have {len(prints)} data fingerprints)")
+                continue
+            frames = [_load_predictions(client, r, Path(tmp)) for r in members["run_id"]]
+            frames = [f for f in frames if f is not None]
+            if not frames or any(len(f) != len(frames[0]) for f in frames):
+                notes.append(f"{row['group']}: not tested (no or inconsistent {PREDICTIONS})")
+                continue
+            votes[row["group"]] = (prints[0], frames[0][["text", "true"]], majority_vote(frames))
+
+    rows = []
+    for (ga, (fa, ea, va)), (gb, (fb, eb, vb)) in itertools.combinations(votes.items(), 2):
+        if fa != fb:
+            continue  # different data: not a paired comparison
+        if not ea.equals(eb):  # same fingerprint should mean same rows; refuse rather than misalign
+            notes.append(f"{ga} vs {gb}: not tested (prediction files list different examples)")
+            continue
+        ok_a, ok_b = va == ea["true"].to_numpy(), vb == eb["true"].to_numpy()
+        b, c = int((ok_a & ~ok_b).sum()), int((~ok_a & ok_b).sum())
+        p, test = mcnemar(b, c)
+        rows.append({"a": ga, "b": gb, "n": len(ea), "vote_acc_a": ok_a.mean(), "vote_acc_b": ok_b.mean(),
+                     "only_a_right": b, "only_b_right": c, "test": test, "p": p})
+    untested = [g for g in votes if not any(g in (r["a"], r["b"]) for r in rows)]
+    if untested and len(votes) > 1:
+        notes.append("no other group on the same data (data_fingerprint) to compare with: "
+                     + ", ".join(untested))
+    pairs = pd.DataFrame(rows, columns=["a", "b", "n", "vote_acc_a", "vote_acc_b", "only_a_right",
+                                        "only_b_right", "test", "p"])
+    pairs["p_holm"] = holm(pairs["p"]) if len(pairs) else []
+    pairs["significant"] = pairs["p_holm"] < ALPHA
+    return pairs, notes
+
+
+def verdicts(pairs: pd.DataFrame) -> list[str]:
+    """One sentence per pair, significant ones first."""
+    out = []
+    for _, r in pairs.sort_values("p_holm", kind="stable").iterrows():
+        better, worse = (r["a"], r["b"]) if r["only_a_right"] >= r["only_b_right"] else (r["b"], r["a"])
+        counts = f"{r['only_a_right']} vs {r['only_b_right']} examples only one of them gets right"
+        if r["significant"]:
+            out.append(f"**{better}** is more accurate than **{worse}**: significant at {ALPHA} "
+                       f"(Holm p = {r['p_holm']:.3g}; {counts}).")
+        else:
+            out.append(f"{r['a']} vs {r['b']}: no significant difference at {ALPHA} "
+                       f"(Holm p = {r['p_holm']:.3g}; {counts}).")
+    return out
+
+
+# ----------------------------------------------------------------------------- plots
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers, no windows in tests
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(figsize=(7, 4.5))
+
+
+def plot_pareto(table: pd.DataFrame, cost: str, front: str, xlabel: str, path: Path) -> Path:
+    plt, fig, ax = _figure()
+    x = table[cost].clip(lower=1e-3)  # log axis: keep a (theoretical) zero on the plot
+    ax.errorbar(x, table["acc_mean"], yerr=table["acc_std"].fillna(0), fmt="o", color="tab:blue", capsize=3)
+    on = table[table[front]].sort_values(cost)
+    ax.step(on[cost].clip(lower=1e-3), on["acc_mean"], where="post", color="tab:red", lw=1.5,
+            label="Pareto front")
+    ax.scatter(on[cost].clip(lower=1e-3), on["acc_mean"], s=120, facecolors="none", edgecolors="tab:red")
+    for xi, yi, text in zip(x, table["acc_mean"], table["group"], strict=True):
+        ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy (mean ± std over seeds)")
+    ax.margins(x=0.2, y=0.1)  # room for the labels of the outermost points
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_lines(table: pd.DataFrame, axis: str, x: str, series: list[str], xlabel: str, path: Path,
+               log: bool = False) -> Path:
+    """Accuracy along a sweep axis, one line per combination of the other group keys."""
+    plt, fig, ax = _figure()
+    categorical = x == axis  # layers are labels like "[3]" or "[-4,-3]"; sizes are numbers
+    if categorical:
+        order = sorted(table[axis].unique(), key=_natural)
+        table = table.assign(_x=table[axis].map({v: i for i, v in enumerate(order)}))
+        x = "_x"
+        ax.set_xticks(range(len(order)), order)
+    for name, line in table.groupby(series, sort=True) if series else [("all", table)]:
+        line = line.sort_values(x)
+        ax.errorbar(line[x], line["acc_mean"], yerr=line["acc_std"].fillna(0), marker="o", capsize=3,
+                    label=" · ".join(map(str, name if isinstance(name, tuple) else (name,))))
+    ax.set(xlabel=xlabel, ylabel="test accuracy (mean ± std over seeds)")
+    if log:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _natural(value) -> tuple:
+    """Sort key for param values as logged (strings): numbers and lists of numbers by value, the rest
+    (None = all data, names) after them as text."""
+    try:
+        v = json.loads(str(value))
+    except ValueError:
+        return (2, (), str(value))
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (0, (v,), "")
+    if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
+        return (1, tuple(v), "")
+    return (2, (), str(value))
+
+
+# ----------------------------------------------------------------------------- rendering
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _num(x: float) -> str:
+    return "—" if math.isnan(x) else (f"{x:.1f}" if abs(x) < 100 else f"{x:,.0f}")
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cells = df.astype(str)
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "|".join(" --- " for _ in df.columns) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells.itertuples(index=False)])
+
+
+def render(report: Report, experiment: str, parent_run_id: str | None, images: list[Path]) -> str:
+    t = report.table
+    shown = pd.DataFrame({k: t[k] for k in report.group_by})
+    shown["runs"] = t["runs"]
+    if "seeds" in t:
+        shown["seeds"] = t["seeds"]
+    shown["accuracy"] = [_pm(m, s) for m, s in zip(t["acc_mean"], t["acc_std"], strict=True)]
+    shown["macro-F1"] = [_pm(m, s) for m, s in zip(t["f1_mean"], t["f1_std"], strict=True)]
+    shown["trainable params"] = [f"{x:,.0f}" if not math.isnan(x) else "—" for x in t["trainable_params"]]
+    star = t["timing_cached"].map({True: " *", False: ""})
+    shown["train time (s)"] = t["train_time_s_mean"].map(_num) + star
+    shown["inference (ex/s)"] = t["examples_per_s_mean"].map(_num) + star
+    shown["Pareto"] = ["params+time" if a and b else "params" if a else "time" if b else ""
+                       for a, b in zip(t["pareto_params"], t["pareto_time"], strict=True)]
+    scope = f"experiment `{experiment}`" + (f", children of run `{parent_run_id}`" if parent_run_id else "")
+    parts = [f"# Comparison: {scope}", "",
+             f"{int(t['runs'].sum())} finished runs, grouped by {', '.join(report.group_by)}. "
+             "Accuracy and macro-F1 on the test set: mean ± sample std over runs (seeds); train time and "
+             "inference throughput: mean. Pareto: no other group is more accurate for fewer trainable "
+             "parameters (params) or less train time (time).", "", markdown_table(shown), "",
+             *(["\\* every run of this group read its encoder features from the feature cache: its train "
+                "time and throughput leave out encoding (other groups average only runs that encoded).", ""]
+               if t["timing_cached"].any() else []),
+             "## Significance", "", SIGNIFICANCE_METHOD, ""]
+    p = report.pairs
+    if len(p):
+        pt = pd.DataFrame({"A": p["a"], "B": p["b"], "examples": p["n"],
+                           "vote acc A": p["vote_acc_a"].map("{:.4f}".format),
+                           "vote acc B": p["vote_acc_b"].map("{:.4f}".format),
+                           "only A right": p["only_a_right"], "only B right": p["only_b_right"],
+                           "test": p["test"],
+                           "p": p["p"].map("{:.3g}".format), "p (Holm)": p["p_holm"].map("{:.3g}".format),
+                           f"significant at {ALPHA}": p["significant"].map({True: "yes", False: "no"})})
+        parts += [markdown_table(pt), "", *(f"- {v}" for v in verdicts(p)), ""]
+    else:
+        parts += ["No pair of groups was scored on the same data, so nothing was tested.", ""]
+    if report.notes:
+        parts += ["Notes:", "", *(f"- {n}" for n in report.notes), ""]
+    if images:
+        parts += ["## Plots", "", *(f"![{i.stem}]({i.name})" for i in images), ""]
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------- the whole report
+def build_report(experiment: str, tracking_uri: str = "sqlite:///mlflow.db",
+                 out_dir: str | Path = "comparison", parent_run_id: str | None = None, group_by: list[str] | None = None) -> Report:
+    """Read the runs, write table/plots/significance to out_dir, and log them to the parent run if given."""
+    from mlflow import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run's download
+    client = MlflowClient(tracking_uri=tracking_uri)
+    runs = fetch_runs(client, experiment, parent_run_id)
+    runs, repeats = deduplicate(runs)
+    group_by = list(group_by) if group_by else default_group_by(runs)
+    table = build_table(runs, group_by)
+    pairs, notes = significance(client, runs, table, group_by)
+    if repeats:
+        notes.insert(0, f"{repeats} repeated run(s) of an identical config and seed ignored (newest kept)")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = [
+        plot_pareto(table, "trainable_params", "pareto_params", "trainable parameters (log)",
+                    out / "pareto_params.png"),
+        plot_pareto(table, "train_time_s_mean", "pareto_time", "train time, s (log)",
+                    out / "pareto_time.png"),
+    ]
+    others = lambda axis: [k for k in group_by if k != axis]  # noqa: E731 — the series of a sweep plot
+    if TRAIN_SIZE in group_by and table["train_examples_mean"].nunique() > 1:  # x = the real count
+        images.append(plot_lines(table, TRAIN_SIZE, "train_examples_mean", others(TRAIN_SIZE),
+                                 "training examples (log)", out / "learning_curve.png", log=True))
+    if LAYERS in group_by and table[LAYERS].nunique() > 1:
+        probed = table[table[LAYERS] != "—"]  # groups without layers (baseline) are not on this axis
+        images.append(plot_lines(probed, LAYERS, LAYERS, others(LAYERS), "encoder layer(s) (0 = embeddings)",
+                                 out / "layer_accuracy.png"))
+
+    report = Report(table=table, pairs=pairs, group_by=group_by, markdown="", out_dir=out, notes=notes)
+    report.markdown = render(report, experiment, parent_run_id, images)
+    (out / "comparison.md").write_text(report.markdown, encoding="utf-8")
+    table.to_csv(out / "comparison.csv", index=False)
+    pairs.to_csv(out / "significance.csv", index=False)
+    report.files = [out / "comparison.md", out / "comparison.csv", out / "significance.csv", *images]
+    if parent_run_id:
+        for f in report.files:
+            client.log_artifact(parent_run_id, str(f), "report")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--experiment", required=True, help="MLflow experiment name")
+    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
+                   help="MLflow store (default: %(default)s)")
+    p.add_argument("--parent-run-id",
+                   help="only the children of this sweep run; the report is logged to it too")
+    p.add_argument("--out", default="comparison", help="output folder (default: %(default)s)")
+    p.add_argument("--group-by", help="comma-separated tags/params, e.g. strategy,model,data.train_size "
+                   "(default: strategy, + model/dataset if several, + config params that vary)")
+    args = p.parse_args(argv)
+    group_by = [k.strip() for k in args.group_by.split(",") if k.strip()] if args.group_by else None
+    try:
+        report = build_report(args.experiment, args.tracking_uri, args.out, args.parent_run_id, group_by)
+    except ReportError as e:
+        p.exit(2, f"error: {e}\n")
+    print(report.markdown)
+    print(f"wrote {', '.join(str(f) for f in report.files)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The comparison report on runs written straight into a temporary MLflow store (no training): the table
+matches the runs' metrics, plots are written, McNemar and Holm match hand computations, and only runs on the
+same data are paired."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments import compare
+
+N = 20  # test examples per prediction file
+TRUE = ["pos" if i % 2 else "neg" for i in range(N)]
+_clock = itertools.count(int(time.time() * 1000))  # strictly increasing start times: "newest" is well defined
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store for the module (creating its schema takes seconds); tests keep apart by experiment."""
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("compare-store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return root, uri, MlflowClient(tracking_uri=uri)
+
+
+def experiment(store, name: str) -> str:
+    root, _, client = store
+    return client.create_experiment(name, artifact_location=(root / "artifacts" / name).as_uri())
+
+
+def predictions(wrong=(), probs=None) -> pd.DataFrame:
+    """A predictions file like the runner's: right on every example except the indices in `wrong`."""
+    flip = {"pos": "neg", "neg": "pos"}
+    pred = [flip[t] if i in wrong else t for i, t in enumerate(TRUE)]
+    p_pos = np.array(probs if probs is not None else [0.9 if p == "pos" else 0.1 for p in pred])
+    return pd.DataFrame({"text": [f"review {i}" for i in range(N)], "true": TRUE, "pred": pred,
+                         "prob_neg": 1 - p_pos, "prob_pos": p_pos})
+
+
+def log_run(store, exp_id, strategy, seed, acc, *, model="minilm", fingerprint="fp", params=None, preds=None,
+            status="FINISHED", parent=None, **metrics) -> str:
+    from mlflow.entities import Metric, Param
+
+    client = store[2]
+    tags = {"strategy": strategy, "model": model, "dataset": "demo", "seed": str(seed),
+            "data_fingerprint": fingerprint} | ({"mlflow.parentRunId": parent} if parent else {})
+    run_id = client.create_run(exp_id, start_time=next(_clock), tags=tags).info.run_id
+    values = {"test_accuracy": acc, "test_f1_macro": acc - 0.01, "trainable_params": 1000,
+              "train_time_s": 1.0, "inference_examples_per_s": 100.0, "data_train_size": 320} | metrics
+    params = {"seed": str(seed), "classifier.random_state": str(seed), "classifier.C": "1.0"} | (params or {})
+    client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in values.items()],
+                     params=[Param(k, str(v)) for k, v in params.items()])
+    if preds is not None:
+        client.log_text(run_id, preds.to_csv(index=False), compare.PREDICTIONS)
+    client.set_terminated(run_id, status)
+    return run_id
+
+
+def is_png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_table_plots_and_pairing(store, tmp_path):
+    exp = experiment(store, "sweep")
+    base = {"acc": [0.80, 0.84, 0.86], "time": [0.2, 0.4, 0.3], "speed": [9000, 11000, 10000]}
+    emb = {"acc": [0.70, 0.75, 0.72], "time": [10.0, 14.0, 12.0], "speed": [50, 70, 60]}
+    log_run(store, exp, "baseline", 0, 0.50, model="none", preds=predictions())  # older repeat: ignored
+    for s in range(3):
+        log_run(store, exp, "baseline", s, base["acc"][s], model="none", trainable_params=1272,
+                train_time_s=base["time"][s], inference_examples_per_s=base["speed"][s], preds=predictions())
+        # embed is wrong on the first 10 examples in every seed: b = 10, c = 0
+        log_run(store, exp, "embed", s, emb["acc"][s], trainable_params=385, train_time_s=emb["time"][s],
+                inference_examples_per_s=emb["speed"][s], preds=predictions(wrong=range(10)))
+    log_run(store, exp, "baseline", 3, 0.99, model="none", status="FAILED")  # not FINISHED: ignored
+    log_run(store, exp, "freeze", 0, 0.78, fingerprint="other-data", preds=predictions(wrong=[0]))
+    log_run(store, experiment(store, "elsewhere"), "lora", 0, 0.9)
+
+    report = compare.build_report("sweep", store[1], tmp_path / "out")
+
+    assert report.group_by == ["strategy"]  # baseline's model "none" is not a second encoder
+    t = report.table.set_index("strategy")
+    assert list(t.index) == ["baseline", "freeze", "embed"]  # best accuracy first
+    for name, d in (("baseline", base), ("embed", emb)):
+        assert t.loc[name, "runs"] == 3 and t.loc[name, "seeds"] == "0,1,2"
+        assert t.loc[name, "acc_mean"] == pytest.approx(statistics.mean(d["acc"]))
+        assert t.loc[name, "acc_std"] == pytest.approx(statistics.stdev(d["acc"]))
+        assert t.loc[name, "f1_mean"] == pytest.approx(statistics.mean(d["acc"]) - 0.01)
+        assert t.loc[name, "train_time_s_mean"] == pytest.approx(statistics.mean(d["time"]))
+        assert t.loc[name, "examples_per_s_mean"] == pytest.approx(statistics.mean(d["speed"]))
+    assert t.loc["baseline", "trainable_params"] == 1272 and t.loc["embed", "trainable_params"] == 385
+    assert t.loc["freeze", "runs"] == 1 and math.isnan(t.loc["freeze", "acc_std"])
+    # Pareto on parameters: each is more accurate than every group with fewer params (385 < 1000 < 1272);
+    # on train time, baseline is both fastest and most accurate, so it alone is on the front.
+    assert t["pareto_params"].to_dict() == {"baseline": True, "freeze": True, "embed": True}
+    assert t["pareto_time"].to_dict() == {"baseline": True, "freeze": False, "embed": False}
+    assert any("1 repeated run" in n for n in report.notes)
+
+    # McNemar: only baseline vs embed share the data; exact p = 2 * 0.5**10
+    assert len(report.pairs) == 1
+    pair = report.pairs.iloc[0]
+    assert {pair["a"], pair["b"]} == {"baseline", "embed"}
+    assert sorted([pair["only_a_right"], pair["only_b_right"]]) == [0, 10]
+    assert pair["test"] == "exact" and pair["p"] == pytest.approx(2 * 0.5**10)
+    assert pair["p_holm"] == pytest.approx(2 * 0.5**10) and pair["significant"]
+    assert any("freeze" in n for n in report.notes)  # said why it was not tested
+
+    out = tmp_path / "out"
+    written = ("comparison.md", "comparison.csv", "significance.csv", "pareto_params.png", "pareto_time.png")
+    for name in written:
+        assert (out / name).is_file(), name
+    assert is_png(out / "pareto_params.png") and is_png(out / "pareto_time.png")
+    assert not (out / "learning_curve.png").exists() and not (out / "layer_accuracy.png").exists()
+    csv = pd.read_csv(out / "comparison.csv").set_index("strategy")
+    assert csv.loc["embed", "acc_mean"] == pytest.approx(statistics.mean(emb["acc"]))
+    md = (out / "comparison.md").read_text()
+    mean, std = statistics.mean(base["acc"]), statistics.stdev(base["acc"])
+    assert f"{mean:.4f} ± {std:.4f}" in md and "1,272" in md
+    assert "**baseline** is more accurate than **embed**: significant at 0.05" in md
+
+
+def test_mcnemar_and_holm_by_hand():
+    assert compare.mcnemar(10, 0) == (pytest.approx(2 * 0.5**10), "exact")
+    assert compare.mcnemar(3, 5)[0] == pytest.approx(2 * sum(math.comb(8, k) for k in range(4)) / 2**8)
+    assert compare.mcnemar(0, 0) == (1.0, "exact")
+    # chi2 = (|30 - 10| - 1)^2 / 40, and the survival function of chi-square(1) is erfc(sqrt(x / 2))
+    p, test = compare.mcnemar(30, 10)
+    assert test == "chi2" and p == pytest.approx(math.erfc(math.sqrt((19**2 / 40) / 2)))
+    # sorted 0.01, 0.03, 0.04 -> 3 * 0.01, max(2 * 0.03, 0.03), max(1 * 0.04, 0.06)
+    assert compare.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert compare.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_majority_vote_and_tie_break():
+    a, b, c = predictions(), predictions(wrong=[0, 1]), predictions(wrong=[1])
+    # example 0 (neg): two of three right; example 1 (pos): two of three wrong -> the vote is wrong too
+    assert list(compare.majority_vote([a, b, c])[:3]) == ["neg", "neg", "neg"]
+    # two seeds disagree on example 0: the mean probability of "pos" decides
+    sure_wrong = predictions(wrong=[0], probs=[0.99] + [0.5] * (N - 1))
+    barely_right = predictions(probs=[0.45] + [0.5] * (N - 1))
+    assert compare.majority_vote([sure_wrong, barely_right])[0] == "pos"
+
+
+def test_sweep_axes_become_groups_and_plots(store, tmp_path):
+    lc = experiment(store, "learning-curve")
+    for size, strategy, seed in itertools.product((100, 200), ("baseline", "embed"), (0, 1)):
+        log_run(store, lc, strategy, seed, 0.6 + size / 1000, fingerprint=f"fp{size}", data_train_size=size,
+                params={"data.train_size": size}, preds=predictions(wrong=range(size // 50)))
+    report = compare.build_report("learning-curve", store[1], tmp_path / "lc")
+    assert report.group_by == ["strategy", "data.train_size"]
+    assert report.table["group"].tolist() == ["baseline · train_size=100", "baseline · train_size=200",
+                                              "embed · train_size=100", "embed · train_size=200"]
+    assert set(report.table["runs"]) == {2}
+    assert is_png(tmp_path / "lc" / "learning_curve.png")
+    # paired only at the same train size (the fingerprint covers the training examples too)
+    assert len(report.pairs) == 2
+    assert all(p["a"].split("=")[-1] == p["b"].split("=")[-1] for _, p in report.pairs.iterrows())
+
+    probe = experiment(store, "layer-probe")
+    for layer, seed in itertools.product((1, 3, 6), (0, 1)):
+        log_run(store, probe, "embed", seed, 0.6 + layer / 100, params={"strategy.layers": f"[{layer}]"},
+                preds=predictions(wrong=range(6 - layer)))
+    report = compare.build_report("layer-probe", store[1], tmp_path / "probe")
+    assert report.group_by == ["strategy", "strategy.layers"]  # classifier.random_state = seed is no axis
+    assert report.table["strategy.layers"].tolist() == ["[1]", "[3]", "[6]"]  # along the axis
+    assert is_png(tmp_path / "probe" / "layer_accuracy.png")
+    assert len(report.pairs) == 3 and (report.pairs["p_holm"] >= report.pairs["p"]).all()
+
+    explicit = compare.build_report("layer-probe", store[1], tmp_path / "pooled", group_by=["strategy"])
+    assert explicit.table["runs"].tolist() == [6]
+
+
+def test_timings_leave_out_feature_cache_hits(store, tmp_path):
+    exp = experiment(store, "cache")
+    log_run(store, exp, "embed", 0, 0.7, train_time_s=20.0, inference_examples_per_s=50,
+            params={"runtime.feature_cache": "miss"})
+    log_run(store, exp, "embed", 1, 0.7, train_time_s=0.5, inference_examples_per_s=9000,
+            params={"runtime.feature_cache": "hit"})
+    log_run(store, exp, "freeze", 0, 0.6, train_time_s=0.4, params={"runtime.feature_cache": "hit"})
+    report = compare.build_report("cache", store[1], tmp_path)
+    t = report.table.set_index("strategy")
+    assert report.group_by == ["strategy"]  # hit/miss is an outcome, not a configuration
+    assert t.loc["embed", "train_time_s_mean"] == 20.0 and t.loc["embed", "examples_per_s_mean"] == 50
+    assert not t.loc["embed", "timing_cached"]
+    assert t.loc["freeze", "train_time_s_mean"] == 0.4 and t.loc["freeze", "timing_cached"]
+    assert "| freeze | 1 | 0 | 0.6000 | 0.5900 | 1,000 | 0.4 * |" in report.markdown
+
+
+def test_cli_parent_run_children_only_and_artifacts(store, tmp_path, capsys):
+    client = store[2]
+    exp = experiment(store, "nested")
+    parent = client.create_run(exp, tags={"mlflow.runName": "sweep"}).info.run_id
+    client.set_terminated(parent, "FINISHED")  # a finished parent without test metrics is not a row
+    log_run(store, exp, "baseline", 0, 0.8, model="none", parent=parent, preds=predictions())
+    log_run(store, exp, "embed", 0, 0.7, parent=parent, preds=predictions(wrong=[1, 2]))
+    log_run(store, exp, "embed", 1, 0.1)  # same experiment, another sweep
+
+    out = tmp_path / "report"
+    rc = compare.main(["--experiment", "nested", "--tracking-uri", store[1], "--parent-run-id", parent,
+                       "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| baseline | 1 | 0 | 0.8000 |" in printed and "0.1000" not in printed
+    logged = {f.path for f in client.list_artifacts(parent, "report")}
+    assert {"report/comparison.md", "report/comparison.csv", "report/pareto_params.png"} <= logged
+
+
+def test_errors(store, tmp_path):
+    with pytest.raises(compare.ReportError, match="no MLflow experiment"):
+        compare.build_report("missing", store[1], tmp_path)
+    log_run(store, experiment(store, "one"), "baseline", 0, 0.8)
+    with pytest.raises(compare.ReportError, match="neither a tag nor a param"):
+        compare.build_report("one", store[1], tmp_path, group_by=["nonsense"])
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--experiment", "missing", "--tracking-uri", store[1], "--out", str(tmp_path)])
+    assert e.value.code == 2

@@ -1,0 +1,201 @@
+"""Bad input gets one clear line and never a FINISHED run; failures are recorded; training resumes exactly;
+the same config and seed give the same metrics."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import RUN_PY, compose, subprocess_env
+
+from experiments.runner import run
+
+
+# ----------------------------------------------------------------------------- bad data files
+def _csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+GOOD_ROWS = "".join(f'"review number {i} is {"great" if i % 2 else "awful"}",{"pos" if i % 2 else "neg"}\n' for i in range(40))
+
+
+def _bad_data(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (overrides, the message the user must see). Each builds its own files under tmp."""
+    good = _csv(tmp / "good.csv", "text,label\n" + GOOD_ROWS)
+    files = ["data=files", f"data.train_file={good}", "data.test_file=null"]
+    cases = {
+        "missing file": (["data=files", f"data.train_file={tmp / 'nope.csv'}"], "does not exist"),
+        "missing folder": (["data=demo", f"data.path={tmp / 'no-such-dir'}"], "no such directory"),
+        "no train file in folder": (["data=demo", f"data.path={tmp}"], "no 'train' file"),
+        "unsupported type": (["data=files", f"data.train_file={_csv(tmp / 'x.xlsx', 'a')}"], "unsupported file type"),
+        "missing text column": (files + ["data.text_column=review"], "no column 'review' (data.text_column); the columns are: text, label"),
+        "missing label column": (files + ["data.label_column=stars"], "no column 'stars' (data.label_column)"),
+        "empty split": (["data=files", f"data.train_file={_csv(tmp / 'empty.csv', 'text,label' + chr(10))}"], "split is empty"),
+        "single class": (
+            ["data=files", f"data.train_file={_csv(tmp / 'one.csv', 'text,label' + chr(10) + ''.join(f'review {i},pos' + chr(10) for i in range(20)))}"],
+            "single class",
+        ),
+        "unseen test label": (
+            files + [f"data.test_file={_csv(tmp / 'test3.csv', 'text,label' + chr(10) + 'fine,neg' + chr(10) + 'odd,meh' + chr(10))}"],
+            "never occur in the training data",
+        ),
+        "mostly empty texts": (
+            ["data=files", f"data.train_file={_csv(tmp / 'blank.csv', 'text,label' + chr(10) + ''.join(('  ' if i % 3 else f'r{i}') + ',' + ('pos' if i % 2 else 'neg') + chr(10) for i in range(30)))}"],
+            "empty text or label",
+        ),
+        "not utf-8": (["data=files", f"data.train_file={_csv(tmp / 'latin.csv', 'text,label' + chr(10) + 'très bien é,pos' + chr(10) * 1 + 'mauvais ñ,neg' + chr(10), 'latin-1')}"], "UTF-8"),
+        "train_size too large": (files + ["data.train_size=1000"], "exceed"),
+        "test_size too large": (files + ["data.test_size=500"], "exceeds the"),
+        "val_size not a size": (files + ["data.val_size=1.5"], "data.val_size=1.5"),
+        "label_names too short": (["data=imdb", "data.path=data/demo", "data.label_names=[a]"], "data.label_names"),
+    }
+    return cases
+
+
+STRATEGY_CASES = {
+    # name: (overrides, expected message) — all rejected before any MLflow run exists
+    "lr <= 0": (["strategy=freeze", "strategy.lr=0"], "strategy.lr=0"),
+    "epochs < 1": (["strategy=finetune", "strategy.epochs=0"], "strategy.epochs=0"),
+    "batch size < 1": (["strategy=freeze", "strategy.batch_size=0"], "strategy.batch_size=0"),
+    "too many trainable layers": (["strategy=partial", "strategy.trainable_layers=9"], "has 2 layers"),
+    "layer out of range": (["strategy=embed", "strategy.layers=[5]"], "must be in [-3, 2]"),
+    "unknown pooling": (["strategy=freeze", "strategy.pooling=max"], "strategy.pooling=max is not one of cls|mean"),
+    "unknown head": (["strategy=freeze", "strategy.head=cnn"], "strategy.head=cnn"),
+    "max_length over model limit": (["strategy=embed", "model.max_length=1000"], "exceeds what 'tiny' supports (128)"),
+    "peft modules not in model": (["strategy=lora", "strategy.peft.target_modules=[nope]"], "does not fit model 'tiny'"),
+    "fp16 on cpu": (["strategy=freeze", "precision=fp16"], "needs a CUDA GPU"),
+    "peft and trainable_layers": (["strategy=lora", "strategy.trainable_layers=1"], "exclude each other"),
+}
+
+
+def _assert_rejected(overrides: list[str], message: str, store, experiment: str, capsys) -> None:
+    cfg = compose(overrides + store.overrides(experiment) + ["log_model=false"])
+    with pytest.raises(SystemExit) as exc:
+        run(cfg)
+    text = str(exc.value.code)
+    assert text.startswith("error: ") and message in text, text
+    assert "\n" not in text, f"not one line: {text!r}"
+    assert not [r for r in store.runs(experiment) if r.info.status == "FINISHED"]
+
+
+def test_bad_data_inputs(tmp_path, in_store, capsys):
+    cases = _bad_data(tmp_path)
+    assert len(cases) >= 15
+    for i, (name, (overrides, message)) in enumerate(cases.items()):
+        try:
+            _assert_rejected(["strategy=baseline", *overrides], message, in_store, f"bad-data-{i}", capsys)
+        except AssertionError as e:
+            raise AssertionError(f"case '{name}': {e}") from e
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_CASES))
+def test_bad_strategy_configs(name, tiny_overrides, in_store, capsys):
+    overrides, message = STRATEGY_CASES[name]
+    _assert_rejected(tiny_overrides + overrides, message, in_store, "bad-cfg-" + "".join(c if c.isalnum() else "-" for c in name), capsys)
+
+
+def test_wrong_sha256_is_rejected(in_store, capsys):
+    _assert_rejected(["strategy=embed", "model.sha256=" + "0" * 64], "SHA-256 mismatch", in_store, "bad-sha", capsys)
+
+
+def test_unknown_group_option_lists_the_choices(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(RUN_PY), "strategy=nope"], cwd=tmp_path, env=subprocess_env(),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode != 0
+    assert "Could not find 'strategy/nope'" in out.stderr and "finetune" in out.stderr  # Hydra lists the options
+
+
+# ----------------------------------------------------------------------------- failures are recorded
+def test_failure_inside_a_run_is_recorded_as_failed(tiny_overrides, in_store):
+    # lr=1e6 makes the loss blow up: training must stop with a clear message and the run end FAILED
+    cfg = compose(tiny_overrides + ["strategy=finetune", "strategy.lr=1e6", "strategy.head_lr=1e6", "precision=fp32",
+                                    "strategy.max_grad_norm=null", "log_model=false"]
+                  + in_store.overrides("nan-loss"))
+    with pytest.raises(FloatingPointError, match="lower strategy.lr"):
+        run(cfg)
+    runs = in_store.runs("nan-loss")
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "FloatingPointError" in runs[0].data.tags["error"]
+    files = [a.path for a in in_store.client().list_artifacts(runs[0].info.run_id, "error")]
+    assert files == ["error/traceback.txt"]
+
+
+def test_failed_sweep_job_does_not_stop_the_others(tmp_path, mlflow_store):
+    out = subprocess.run(
+        [sys.executable, str(RUN_PY), "-m", "strategy=baseline", "data.label_column=label,nope,label",
+         "seed=0", "log_model=false", *mlflow_store.overrides("sweep-fail")],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )
+    logs = out.stdout + out.stderr  # Hydra logs to stdout
+    assert out.returncode == 1, logs[-2000:]
+    assert "1 job(s) failed" in logs and "no column 'nope'" in logs
+    statuses = sorted(r.info.status for r in mlflow_store.runs("sweep-fail"))
+    assert statuses == ["FINISHED", "FINISHED"]  # the bad job never started a run; the others finished
+    failures = list(tmp_path.glob("multirun/*/*/failures.jsonl"))
+    assert len(failures) == 1 and json.loads(failures[0].read_text().splitlines()[0])["job"] == 1
+
+
+# ----------------------------------------------------------------------------- resume and reproducibility
+def _finetune_cmd(tiny_overrides, store, experiment, *extra):
+    return [sys.executable, str(RUN_PY), *tiny_overrides, "strategy=finetune", "strategy.epochs=2",
+            "strategy.batch_size=4", "checkpoint_every=5", "log_model=false", "precision=fp32",
+            *store.overrides(experiment), *extra]
+
+
+def _final_metrics(store, experiment):
+    runs = [r for r in store.runs(experiment) if r.info.status == "FINISHED"]
+    assert len(runs) == 1
+    keep = ("test_accuracy", "test_f1_macro", "test_log_loss", "val_log_loss")
+    return runs[0].info.run_id, {k: runs[0].data.metrics[k] for k in keep}
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_overrides, mlflow_store):
+    env = subprocess_env()
+    ref = subprocess.run(_finetune_cmd(tiny_overrides, mlflow_store, "resume-ref"), cwd=tmp_path / ".",
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    _, expected = _final_metrics(mlflow_store, "resume-ref")
+
+    work = tmp_path / "interrupted"
+    work.mkdir()
+    cmd = _finetune_cmd(tiny_overrides, mlflow_store, "resume-test")
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(work.glob("checkpoints/*/trainer_state.pt")):  # kill right after the first checkpoint
+        assert proc.poll() is None and time.time() < deadline, "training ended before a checkpoint was written"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    [interrupted] = mlflow_store.runs("resume-test")
+    assert interrupted.info.status == "RUNNING"  # killed hard: nothing could mark it
+
+    resumed = subprocess.run(cmd + ["resume=true"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming MLflow run" in resumed.stdout + resumed.stderr
+    run_id, got = _final_metrics(mlflow_store, "resume-test")
+    assert run_id == interrupted.info.run_id  # continued into the same run
+    assert got == expected
+    run_info = mlflow_store.client().get_run(run_id)
+    assert int(run_info.data.params["runtime.resumed_from_step"]) >= 5
+    assert not list(work.glob("checkpoints/*"))  # removed once FINISHED
+
+
+def test_same_config_and_seed_give_identical_metrics(tiny_overrides, in_store):
+    def once(experiment):
+        cfg = compose(tiny_overrides + ["strategy=lora", "strategy.epochs=1", "log_model=false", "save_predictions=false"]
+                      + in_store.overrides(experiment))
+        run(cfg)
+        [r] = in_store.runs(experiment)
+        return {k: v for k, v in r.data.metrics.items() if not k.endswith(("_s", "_per_s", "_mb"))}
+
+    first, second = once("repro-a"), once("repro-b")
+    assert first == second and "test_accuracy" in first
