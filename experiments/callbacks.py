@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -10,18 +11,75 @@ from hydra.experimental.callback import Callback
 
 log = logging.getLogger("transfer_bench")
 
+PARENT_FILE = "mlflow_parent.json"  # in the sweep folder: how jobs (in any process) find the parent run
+
+
+def read_parent(sweep_dir: Path) -> str | None:
+    path = Path(sweep_dir) / PARENT_FILE
+    return json.loads(path.read_text())["run_id"] if path.is_file() else None
+
 
 class SweepSummary(Callback):
-    """After a multirun: say which jobs failed (the runner recorded them) and exit non-zero if any did,
-    so scripts and CI notice — the other jobs still ran to the end."""
+    """Groups a multirun in MLflow and closes it with a summary.
+
+    Start: creates the experiment and one parent run, before any job starts; each job's run becomes its
+    child (the UI shows the sweep as one expandable row). End: lists failed jobs, writes the comparison
+    report into the parent run, ends the parent FINISHED (FAILED if a job failed) and exits non-zero
+    after failures, so scripts notice — the other jobs still ran to the end."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from . import tracking
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        client, experiment_id = tracking.client_for(config.tracking_uri, config.experiment_name)
+        overrides = " ".join(config.hydra.overrides.task)
+        key = hashlib.sha256(overrides.encode()).hexdigest()[:16]
+        # The same sweep launched again (after a crash) continues under its earlier parent run, so the
+        # skipped jobs' runs and the new ones stay together.
+        earlier = client.search_runs([experiment_id], f"tags.sweep_key = '{key}'", max_results=1,
+                                     order_by=["attributes.start_time DESC"])
+        if earlier:
+            run = earlier[0]
+            client.update_run(run.info.run_id, status="RUNNING")
+        else:
+            run = client.create_run(
+                experiment_id, run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
+                tags={"sweep": "parent", "sweep_key": key, "sweep_dir": str(sweep_dir),
+                      "mlflow.note.content": f"run.py -m {overrides}"},
+            )
+        (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": run.info.run_id}))
+        log.info("sweep parent MLflow run %s in experiment '%s'", run.info.run_id, config.experiment_name)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        path = Path(config.hydra.sweep.dir) / "failures.jsonl"
-        if not path.exists():
+        from . import tracking
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        parent = read_parent(sweep_dir)
+        path = sweep_dir / "failures.jsonl"
+        failures = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x] if path.exists() else []
+        if parent is not None:
+            client, _ = tracking.client_for(config.tracking_uri, config.experiment_name)
+            if config.get("sweep_report", True):
+                self._report(config, sweep_dir, parent)
+            if failures:
+                client.log_text(parent, path.read_text(encoding="utf-8"), "failures.jsonl")
+            client.set_terminated(parent, status="FAILED" if failures else "FINISHED")
+        if not failures:
             log.info("sweep finished: no job failed")
             return
-        failures = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
         lines = [f"  job {f['job']} [{' '.join(f['overrides'])}]: {f['error'].splitlines()[0]}" for f in failures]
-        msg = f"sweep finished: {len(failures)} job(s) failed (details in {path}):\n" + "\n".join(lines)
-        log.error(msg)
+        log.error(f"sweep finished: {len(failures)} job(s) failed (details in {path}):\n" + "\n".join(lines))
         raise SystemExit(1)
+
+    @staticmethod
+    def _report(config, sweep_dir: Path, parent: str) -> None:
+        """The comparison report of this sweep's runs, as files in the sweep folder and parent artifacts.
+        A report problem (e.g. every job failed) is logged, never allowed to hide the sweep's own result."""
+        from .compare import build_report
+
+        try:
+            report = build_report(config.experiment_name, config.tracking_uri, sweep_dir / "report", parent_run_id=parent)
+            print(report.markdown)
+        except Exception as e:  # noqa: BLE001
+            log.warning("no comparison report for this sweep: %s", e)

@@ -25,6 +25,7 @@ from strategies.encoder import set_threads
 
 from . import tracking
 from .bundle import build_strategy, save_bundle
+from .callbacks import read_parent
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError, UserError
 from .metrics import confusion_figure, evaluate
@@ -161,6 +162,13 @@ def _run(cfg: DictConfig) -> float | None:
     ckpt_dir, resume_id = checkpoint_folder(cfg)
     strategy.enable_checkpoints(ckpt_dir, int(cfg.get("checkpoint_every", 0)))
     experiment_id = tracking.setup(cfg.tracking_uri, cfg.experiment_name)
+    sweep = _sweep_dir()
+    chash = config_hash(cfg)
+    if sweep is not None and cfg.get("skip_finished", True):
+        done = tracking.find_finished(experiment_id, chash)
+        if done is not None:  # a re-launched sweep continues where it stopped
+            log.info("skipping: run %s already FINISHED this exact config (skip_finished=false to rerun)", done)
+            return None
     model_tag = strategy.model_name or "none"
     tags = {
         "strategy": cfg.strategy.name,
@@ -168,7 +176,11 @@ def _run(cfg: DictConfig) -> float | None:
         "dataset": data.name,
         "seed": str(cfg.seed),
         "data_fingerprint": data.fingerprint(),
+        "config_hash": chash,
     } | tracking.environment_tags()
+    parent = read_parent(sweep) if sweep is not None else None
+    if parent is not None:
+        tags["mlflow.parentRunId"] = parent  # child of the sweep's parent run
     run_name = f"{cfg.strategy.name}-{model_tag}-{data.name}-s{cfg.seed}"
     log.info("run %s: train %d / val %d / test %d, %d classes", run_name, len(data.train), len(data.val),
              len(data.test), data.num_labels)

@@ -30,6 +30,22 @@ def setup(tracking_uri: str, experiment_name: str) -> str:
     return exp.experiment_id
 
 
+def client_for(tracking_uri: str, experiment_name: str) -> tuple[mlflow.MlflowClient, str]:
+    """A client and the experiment id (created if missing), without touching the fluent active-run state."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    return client, exp.experiment_id if exp else client.create_experiment(experiment_name)
+
+
+def find_finished(experiment_id: str, config_hash: str) -> str | None:
+    """The id of a FINISHED run of this exact config in the experiment, if there is one."""
+    runs = mlflow.search_runs(
+        [experiment_id], filter_string=f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
+        max_results=1, output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
+
+
 def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in d.items():

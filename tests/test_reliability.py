@@ -130,17 +130,20 @@ def test_failure_inside_a_run_is_recorded_as_failed(tiny_overrides, in_store):
 
 def test_failed_sweep_job_does_not_stop_the_others(tmp_path, mlflow_store):
     out = subprocess.run(
-        [sys.executable, str(RUN_PY), "-m", "strategy=baseline", "data.label_column=label,nope,label",
-         "seed=0", "log_model=false", *mlflow_store.overrides("sweep-fail")],
+        [sys.executable, str(RUN_PY), "-m", "strategy=baseline", "data.label_column=label,nope",
+         "seed=0,1", "log_model=false", *mlflow_store.overrides("sweep-fail")],
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300,
     )
     logs = out.stdout + out.stderr  # Hydra logs to stdout
     assert out.returncode == 1, logs[-2000:]
-    assert "1 job(s) failed" in logs and "no column 'nope'" in logs
-    statuses = sorted(r.info.status for r in mlflow_store.runs("sweep-fail"))
-    assert statuses == ["FINISHED", "FINISHED"]  # the bad job never started a run; the others finished
+    assert "2 job(s) failed" in logs and "no column 'nope'" in logs
+    runs = mlflow_store.runs("sweep-fail")
+    children = sorted(r.info.status for r in runs if r.data.tags.get("sweep") != "parent")
+    assert children == ["FINISHED", "FINISHED"]  # the bad jobs never started a run; the others finished
+    assert [r.info.status for r in runs if r.data.tags.get("sweep") == "parent"] == ["FAILED"]
     failures = list(tmp_path.glob("multirun/*/*/failures.jsonl"))
-    assert len(failures) == 1 and json.loads(failures[0].read_text().splitlines()[0])["job"] == 1
+    assert len(failures) == 1
+    assert sorted(json.loads(x)["job"] for x in failures[0].read_text().splitlines()) == [2, 3]
 
 
 # ----------------------------------------------------------------------------- resume and reproducibility

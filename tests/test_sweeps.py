@@ -1,0 +1,43 @@
+"""Hydra multirun sweeps in MLflow: one parent run, one child per job, skip-finished on relaunch, and the
+comparison report logged to the parent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import RUN_PY, subprocess_env
+
+
+def _sweep(cwd, store, experiment, *overrides):
+    out = subprocess.run(
+        [sys.executable, str(RUN_PY), "-m", "strategy=baseline", "seed=0,1", "classifier=logreg,svm",
+         "log_model=false", *store.overrides(experiment), *overrides],
+        cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    return out.stdout + out.stderr
+
+
+def test_sweep_is_one_parent_with_a_child_per_job_and_relaunch_skips_finished(tmp_path, mlflow_store):
+    _sweep(tmp_path, mlflow_store, "sweeps")
+    runs = mlflow_store.runs("sweeps")
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in runs if r.data.tags.get("sweep") != "parent"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {(r.data.params["seed"], r.data.params["classifier._target_"].rsplit(".", 1)[1]) for r in children} == {
+        ("0", "LogisticRegression"), ("1", "LogisticRegression"), ("0", "LinearSVC"), ("1", "LinearSVC")}
+    report = {a.path for a in mlflow_store.client().list_artifacts(parents[0].info.run_id, "report")}
+    assert {"report/comparison.md", "report/comparison.csv", "report/pareto_params.png"} <= report
+
+    logs = _sweep(tmp_path, mlflow_store, "sweeps")  # the same sweep again: nothing to do
+    assert logs.count("skipping: run") == 4
+    again = mlflow_store.runs("sweeps")
+    assert len(again) == 5  # no new child, and the earlier parent was reused
+    assert [r.info.run_id for r in again if r.data.tags.get("sweep") == "parent"] == [parents[0].info.run_id]
+
+    logs = _sweep(tmp_path, mlflow_store, "sweeps", "skip_finished=false")  # explicitly rerun everything
+    assert "skipping: run" not in logs
+    assert len(mlflow_store.runs("sweeps")) == 10  # another command line: its own parent + 4 children
