@@ -6,7 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import RUN_PY, subprocess_env
+import pytest
+from conftest import REPO, RUN_PY, subprocess_env
 
 
 def _sweep(cwd, store, experiment, *overrides):
@@ -41,3 +42,47 @@ def test_sweep_is_one_parent_with_a_child_per_job_and_relaunch_skips_finished(tm
     logs = _sweep(tmp_path, mlflow_store, "sweeps", "skip_finished=false")  # explicitly rerun everything
     assert "skipping: run" not in logs
     assert len(mlflow_store.runs("sweeps")) == 10  # another command line: its own parent + 4 children
+
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_preset_composes_with_each_sweep_value(name):
+    """Each preset, and each job its sweep would launch, composes (no training)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+        params = dict(cfg.hydra.sweeper.params or {})
+        assert cfg.experiment_name, "a preset keeps its runs in their own experiment"
+        parser = OverridesParser.create()
+        for key, values in params.items():
+            [override] = parser.parse_overrides([f"{key}={values}"])
+            for value in override.sweep_string_iterator():
+                job = compose("config", overrides=[f"experiment={name}", f"{key}={value}"])
+                assert job is not None
+
+
+def test_launcher_configs_compose():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=joblib"], return_hydra_config=True)
+        assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+
+
+def test_parallel_joblib_sweep_loses_no_run(tmp_path, mlflow_store):
+    """4 workers, 8 jobs, the default SQLite store: 8 finished runs, no 'database is locked'."""
+    out = subprocess.run(
+        [sys.executable, str(RUN_PY), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "strategy=baseline",
+         "seed=0,1,2,3,4,5,6,7", "log_model=false", "sweep_report=false", *mlflow_store.overrides("joblib")],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600,
+    )
+    logs = out.stdout + out.stderr
+    assert out.returncode == 0, logs[-3000:]
+    assert "database is locked" not in logs
+    children = [r for r in mlflow_store.runs("joblib") if r.data.tags.get("sweep") != "parent"]
+    assert sorted(r.info.status for r in children) == ["FINISHED"] * 8
+    assert sorted(int(r.data.params["seed"]) for r in children) == list(range(8))
