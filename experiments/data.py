@@ -235,7 +235,10 @@ def stratified_subset(idx: np.ndarray, labels: np.ndarray, size: int | None, see
     if size > len(idx):
         raise DataError(f"data.{key}={size} exceeds the {len(idx)} examples available; lower it or use null")
     counts = np.bincount(labels[idx])
-    stratify = labels[idx] if size >= np.count_nonzero(counts) and counts[counts > 0].min() >= 2 else None
+    classes = np.count_nonzero(counts)
+    # sklearn stratifies only when both the kept and the left-out part can hold every class
+    ok = min(size, len(idx) - size) >= classes and counts[counts > 0].min() >= 2
+    stratify = labels[idx] if ok else None
     kept, _ = train_test_split(idx, train_size=size, stratify=stratify, random_state=seed)
     return np.sort(kept)
 

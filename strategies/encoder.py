@@ -96,6 +96,10 @@ def load_encoder(spec: ModelSpec) -> torch.nn.Module:
     path = spec.resolve_path()
     verify_weights(spec, path)
     model = AutoModel.from_pretrained(path, trust_remote_code=spec.trust_remote_code, use_safetensors=True)
+    if getattr(model, "pooler", None) is not None:
+        # The strategies pool hidden states themselves; BERT's pooler would never get a gradient, yet it
+        # would count as trainable and be saved with every fine-tuned model.
+        model.pooler = None
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and spec.max_length > limit:
         raise ValueError(f"model.max_length={spec.max_length} exceeds what '{spec.name}' supports ({limit})")
@@ -156,6 +160,8 @@ def autocast(device: torch.device, precision: str):
 # ----------------------------------------------------------------------------- tokenising and batching
 def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[dict[str, list[int]]]:
     """Tokenise once, unpadded: each batch is later padded only to its own longest member."""
+    if not texts:
+        return []
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     return [{k: enc[k][i] for k in keys} for i in range(len(texts))]

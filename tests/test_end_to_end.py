@@ -1,0 +1,191 @@
+"""`python run.py …` as a user runs it (a subprocess per preset, on the tiny BERT), checked through MLflow."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, RUN_PY, STRATEGY_PRESETS, preset_has, subprocess_env
+
+# Small splits keep each run to seconds; the ~5-10 s of every subprocess is imports.
+DATA = ["data.train_size=80", "data.test_size=40"]
+SUMMARY_METRICS = ("test_accuracy", "test_f1_macro", "trainable_params", "total_params", "train_time_s", "peak_rss_mb")
+ARTIFACTS = (
+    "classification_report.txt",
+    "classification_report.json",
+    "confusion_matrix.png",
+    "predictions/test_predictions.csv",
+    "config/resolved.yaml",
+)
+LABELS = {"negative", "positive"}
+
+
+def run_py(store, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(RUN_PY), *args]
+    proc = subprocess.run(
+        cmd, cwd=store.root, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stderr (tail)\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def preset_run(mlflow_store, tiny_overrides):
+    """preset name -> (run id, stdout) of one `python run.py strategy=<name>` — each preset runs once per module."""
+    done: dict[str, tuple[str, str]] = {}
+
+    def get(name: str) -> tuple[str, str]:
+        if name not in done:
+            experiment = f"e2e-{name}"
+            epochs = ["strategy.epochs=1"] if preset_has(name, "epochs") else []
+            proc = run_py(mlflow_store, [f"strategy={name}", *tiny_overrides, *mlflow_store.overrides(experiment), *DATA, *epochs])
+            runs = mlflow_store.runs(experiment)
+            assert len(runs) == 1, f"expected exactly one run in '{experiment}', found {len(runs)}"
+            done[name] = (runs[0].info.run_id, proc.stdout)
+        return done[name]
+
+    return get
+
+
+def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for f in client.list_artifacts(run_id, path):
+        out |= artifact_paths(client, run_id, f.path) if f.is_dir else {f.path}
+    return out
+
+
+@pytest.fixture
+def pyfunc_store(mlflow_store, restore_sys_path):
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(mlflow_store.uri)
+    yield mlflow_store
+    mlflow.set_tracking_uri(previous)
+
+
+@pytest.mark.parametrize("name", STRATEGY_PRESETS)
+def test_run_py_logs_a_complete_run(name, preset_run, pyfunc_store, tmp_path):
+    import mlflow
+
+    store = pyfunc_store
+    run_id, stdout = preset_run(name)
+    client = store.client()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run_id in stdout and "accuracy" in stdout
+
+    metrics = run.data.metrics
+    missing = [m for m in SUMMARY_METRICS if m not in metrics]
+    assert not missing, f"missing metrics {missing}"
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and 0.0 <= metrics["test_f1_macro"] <= 1.0
+    assert 0 < metrics["trainable_params"] <= metrics["total_params"]
+    assert metrics["train_time_s"] > 0 and metrics["peak_rss_mb"] > 50
+    assert (metrics["data_train_size"], metrics["data_val_size"], metrics["data_test_size"]) == (80, 16, 40)
+    for key in ("val_accuracy", "val_f1_macro"):
+        history = client.get_metric_history(run_id, key)
+        assert [m.step for m in history] == [1], f"{key} history {history}"
+        assert 0.0 <= history[0].value <= 1.0
+
+    tags = run.data.tags
+    assert tags["strategy"] == name
+    assert tags["model"] == ("none" if name == "baseline" else "tiny")
+    assert tags["dataset"] == "demo"
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", tags["git_commit"])
+    if (REPO / ".git").exists():
+        assert tags["git_commit"] != "unknown"
+    params = run.data.params
+    assert params["strategy.name"] == name
+    if name == "baseline":  # the model group is not used, so it is not logged
+        assert not any(k.startswith("model.") for k in params)
+    else:
+        assert params["model.name"] == "tiny" and params["model.max_length"] == "64"
+
+    arts = artifact_paths(client, run_id)
+    assert set(ARTIFACTS) <= arts, f"missing artifacts {set(ARTIFACTS) - arts}"
+    preds = pd.read_csv(client.download_artifacts(run_id, "predictions/test_predictions.csv", str(tmp_path)))
+    assert list(preds.columns[:3]) == ["text", "true", "pred"]
+    assert {"prob_negative", "prob_positive"} <= set(preds.columns)
+    assert len(preds) == 40 and set(preds.true) <= LABELS and set(preds.pred) <= LABELS
+    np.testing.assert_allclose(preds[["prob_negative", "prob_positive"]].sum(axis=1), 1.0, atol=1e-4)
+    assert metrics["test_accuracy"] == pytest.approx((preds.true == preds.pred).mean())
+
+    contexts = {
+        tag.value
+        for inp in run.inputs.dataset_inputs
+        for tag in inp.tags
+        if tag.key == "mlflow.data.context"
+    }
+    assert run.inputs.dataset_inputs and contexts == {"training", "validation", "test"}
+
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    out = model.predict(pd.DataFrame({"text": ["A moving, beautifully acted film.", "Two hours I want back."]}))
+    assert len(out) == 2 and "label" in out.columns and set(out.label) <= LABELS
+    # The logged model reproduces the run's own test predictions (same texts, same order, same batches).
+    again = model.predict(pd.DataFrame({"text": preds.text.tolist()}))
+    assert again.label.tolist() == preds.pred.tolist()
+    np.testing.assert_allclose(again[["prob_negative", "prob_positive"]].to_numpy(),
+                               preds[["prob_negative", "prob_positive"]].to_numpy(), atol=1e-5)
+
+
+def test_freeze_run_counts_only_the_head(preset_run, mlflow_store):
+    run = mlflow_store.client().get_run(preset_run("freeze")[0])
+    assert run.data.metrics["trainable_params"] == 32 * 2 + 2
+
+
+def test_multirun_sweep(mlflow_store, tiny_overrides):
+    experiment = "e2e-sweep"
+    run_py(
+        mlflow_store,
+        ["-m", "strategy=baseline,embed", "seed=0,1", *tiny_overrides, *mlflow_store.overrides(experiment), *DATA],
+        timeout=400,
+    )
+    runs = mlflow_store.runs(experiment)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    jobs = [r for r in runs if "test_accuracy" in r.data.metrics]
+    assert len(jobs) == 4
+    # anything else in the experiment may only be the sweep's parent run, with the 4 jobs as its children
+    others = {r.info.run_id for r in runs} - {r.info.run_id for r in jobs}
+    assert len(others) <= 1
+    if others:
+        assert {r.data.tags.get("mlflow.parentRunId") for r in jobs} == others
+    runs = jobs
+    assert sorted((r.data.tags["strategy"], r.data.tags["seed"]) for r in runs) == [
+        ("baseline", "0"), ("baseline", "1"), ("embed", "0"), ("embed", "1"),
+    ]
+    # every job is scored on the same examples: the split seed is not the training seed
+    assert len({r.data.tags["data_fingerprint"] for r in runs}) == 1
+
+
+def test_predict_cli_prints_labels(preset_run, mlflow_store, capsys, restore_sys_path, tmp_path):
+    from experiments.predict import main
+
+    run_id, _ = preset_run("embed")
+    texts = ["A moving, beautifully acted film.", "Two hours I want back."]
+    assert main(["--run-id", run_id, "--tracking-uri", mlflow_store.uri, *texts]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines[0].split()[:3] == ["text", "label", "score"]
+    assert len(lines) == 3
+    for text, line in zip(texts, lines[1:], strict=True):
+        assert line.strip().startswith(text)
+        assert set(line.split()) & LABELS
+
+    out = tmp_path / "preds.csv"
+    assert main(["--model-uri", f"runs:/{run_id}/model", "--tracking-uri", mlflow_store.uri,
+                 "--output", str(out), *texts]) == 0
+    df = pd.read_csv(out)
+    assert df.text.tolist() == texts and set(df.label) <= LABELS
+
+
+def test_predict_cli_unknown_run(mlflow_store, capsys):
+    from experiments.predict import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--run-id", "0" * 32, "--tracking-uri", mlflow_store.uri, "some text"])
+    assert exit_info.value.code == 2
+    assert "cannot load" in capsys.readouterr().err

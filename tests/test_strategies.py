@@ -1,0 +1,364 @@
+"""Unit tests of the strategies on the tiny random BERT: presets, trainable parameters, errors, features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import STRATEGY_PRESETS, compose, demo_split, preset_has
+
+from experiments.bundle import build_strategy
+from strategies.encoder import _cpu_has_bf16, extract_features, length_batches
+from strategies.freeze import FreezeStrategy
+
+NUM_LABELS = 2
+
+
+@pytest.fixture(scope="module")
+def train_split():
+    return demo_split(48)
+
+
+@pytest.fixture(scope="module")
+def val_split():
+    return demo_split(16, offset=48)
+
+
+def strategy_cfg(tiny_overrides, name: str, *extra: str):
+    epochs = ["strategy.epochs=1"] if preset_has(name, "epochs") else []
+    return compose([f"strategy={name}", *tiny_overrides, *epochs, *extra]).strategy
+
+
+def make(tiny_overrides, name: str, *extra: str, seed: int = 0):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    return build_strategy(strategy_cfg(tiny_overrides, name, *extra), NUM_LABELS)
+
+
+# ----------------------------------------------------------------------------- every preset
+def test_presets_found():
+    assert {"freeze", "finetune", "partial", "lora", "embed", "baseline"} <= set(STRATEGY_PRESETS)
+
+
+@pytest.mark.parametrize("name", STRATEGY_PRESETS)
+def test_preset_fit_predict_save_load(name, tiny_overrides, train_split, val_split, tmp_path):
+    strategy = make(tiny_overrides, name)
+    epochs_seen = []
+
+    def on_epoch(epoch, scalars, val_proba):
+        epochs_seen.append(epoch)
+        assert isinstance(scalars, dict)
+        assert val_proba is not None and val_proba.shape == (len(val_split), NUM_LABELS)
+        assert np.all(np.isfinite(list(scalars.values())))
+
+    strategy.fit(train_split, val_split, on_epoch)
+    assert epochs_seen == [1]
+
+    proba = strategy.predict_proba(val_split.texts)
+    assert proba.shape == (len(val_split), NUM_LABELS)
+    assert np.all(np.isfinite(proba)) and np.all(proba >= 0)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(strategy.predict(val_split.texts), proba.argmax(axis=1))
+
+    counts = strategy.parameter_counts()
+    assert set(counts) >= {"trainable", "total"}
+    assert 0 < counts["trainable"] <= counts["total"]
+
+    strategy.save(tmp_path)
+    assert any(tmp_path.iterdir()), "save() wrote nothing"
+    fresh = make(tiny_overrides, name, seed=99)  # a different seed: nothing may depend on initialisation
+    fresh.load(tmp_path)
+    reloaded = fresh.predict_proba(val_split.texts)
+    assert np.allclose(reloaded, proba, atol=1e-6), np.abs(reloaded - proba).max()
+    assert fresh.parameter_counts() == counts
+
+
+@pytest.mark.parametrize("name", STRATEGY_PRESETS)
+def test_preset_three_classes(name, tiny_overrides, train_split):
+    """More than two classes: one probability column per class, whatever the learner."""
+    from strategies.base import Split
+
+    train = Split(train_split.texts, np.arange(len(train_split)) % 3)
+    torch.manual_seed(0)
+    strategy = build_strategy(strategy_cfg(tiny_overrides, name), 3)
+    strategy.fit(train)
+    proba = strategy.predict_proba(train.texts[:10])
+    assert proba.shape == (10, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in STRATEGY_PRESETS if n != "baseline"])
+def test_preset_uses_the_configured_encoder(name, tiny_overrides):
+    strategy = make(tiny_overrides, name)
+    assert strategy.model_name == "tiny"
+    assert strategy.spec.max_length == 64
+    assert strategy.info()["device"] == "cpu"
+
+
+def test_baseline_has_no_encoder(tiny_overrides):
+    assert make(tiny_overrides, "baseline").model_name is None
+
+
+@pytest.mark.parametrize("name", ["freeze", "embed", "baseline"])
+def test_predict_before_fit_is_an_error(name, tiny_overrides, val_split):
+    """Predicting before fit/load must not silently answer from a missing head/classifier."""
+    strategy = make(tiny_overrides, name)
+    with pytest.raises(RuntimeError, match="fit"):
+        strategy.predict_proba(val_split.texts)
+
+
+# ----------------------------------------------------------------------------- which weights train
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _trainable(module: torch.nn.Module) -> set[str]:
+    return {n for n, p in module.named_parameters() if p.requires_grad}
+
+
+def _changed(before: dict, module: torch.nn.Module) -> set[str]:
+    after = module.state_dict()
+    assert set(after) == set(before)
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_freeze_trains_only_the_head(tiny_overrides, train_split, val_split):
+    strategy = make(tiny_overrides, "freeze")
+    encoder = strategy.encoder
+    assert _trainable(encoder) == set()
+    before = _snapshot(encoder)
+    strategy.fit(train_split, val_split)
+    assert _changed(before, encoder) == set(), "freeze must leave every encoder weight bit-identical"
+    head_params = sum(p.numel() for p in strategy.head.parameters())
+    assert head_params == 32 * NUM_LABELS + NUM_LABELS  # linear head on the 32-wide tiny encoder
+    assert all(p.requires_grad for p in strategy.head.parameters())
+    counts = strategy.parameter_counts()
+    assert counts["trainable"] == head_params
+    assert counts["total"] == head_params + sum(p.numel() for p in encoder.parameters())
+
+
+def _expected_finetune_trainable(kind: str, name: str) -> bool:
+    if name.startswith("head."):
+        return True
+    if kind == "finetune":
+        return True
+    if kind == "partial":
+        return name.startswith("encoder.encoder.layer.1.")  # the top of the tiny model's 2 blocks
+    if kind == "lora":
+        return "lora_" in name
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind, extra",
+    [
+        ("finetune", []),
+        ("partial", ["strategy.trainable_layers=1"]),
+        ("lora", []),
+    ],
+)
+def test_finetune_family_trains_exactly_the_expected_tensors(kind, extra, tiny_overrides, train_split, val_split):
+    strategy = make(tiny_overrides, kind, *extra, "strategy.precision=fp32")
+    net = strategy.net
+    names = {n for n, _ in net.named_parameters()}
+    expected = {n for n in names if _expected_finetune_trainable(kind, n)}
+    assert _trainable(net) == expected
+    if kind == "lora":
+        assert any("lora_A" in n for n in expected) and any("lora_B" in n for n in expected)
+        assert all(("query" in n or "value" in n) for n in expected if "lora_" in n)
+    if kind == "partial":
+        assert any(".layer.1." in n for n in expected)
+        assert not any(".layer.0." in n or "embeddings" in n for n in expected)
+
+    counts = strategy.parameter_counts()
+    assert counts["trainable"] == sum(p.numel() for n, p in net.named_parameters() if n in expected)
+    assert counts["total"] == sum(p.numel() for p in net.parameters())
+
+    before = _snapshot(net)
+    strategy.fit(train_split, val_split)
+    changed = _changed(before, net)
+    frozen = set(before) - expected  # includes buffers
+    assert not (changed & frozen), f"frozen tensors changed: {sorted(changed & frozen)[:5]}"
+    # Every trainable tensor moved, except BERT's pooler: the strategies pool hidden states themselves, so
+    # the pooler gets no gradient (and AdamW skips parameters without one).
+    must_change = {n for n in expected if ".pooler." not in n}
+    assert must_change - changed == set(), f"trainable tensors that did not change: {sorted(must_change - changed)[:5]}"
+
+
+def test_finetune_head_learns_faster(tiny_overrides):
+    strategy = make(tiny_overrides, "finetune")
+    assert strategy.head_lr == pytest.approx(1e-3) and strategy.lr == pytest.approx(5e-5)
+
+
+# ----------------------------------------------------------------------------- configuration errors
+def build_and_fit(tiny_overrides, name: str, *extra: str, train=None):
+    """Build through the runner (which turns Hydra's wrapped constructor errors into ConfigError, a ValueError)
+    and fit: a bad value may be caught when the strategy is built or when the encoder is first loaded."""
+    from experiments.runner import make_strategy
+
+    epochs = ["strategy.epochs=1"] if preset_has(name, "epochs") else []
+    torch.manual_seed(0)
+    strategy = make_strategy(compose([f"strategy={name}", *tiny_overrides, *epochs, *extra]), NUM_LABELS)
+    strategy.fit(train if train is not None else demo_split(16))
+    return strategy
+
+
+def test_trainable_layers_beyond_the_encoder(tiny_overrides):
+    with pytest.raises(ValueError, match=r"trainable_layers=5 but 'tiny' has 2 layers"):
+        build_and_fit(tiny_overrides, "partial", "strategy.trainable_layers=5")
+
+
+def test_trainable_layers_negative(tiny_overrides):
+    with pytest.raises(ValueError, match="trainable_layers=-1"):
+        build_and_fit(tiny_overrides, "partial", "strategy.trainable_layers=-1")
+
+
+def test_peft_with_unknown_target_modules(tiny_overrides):
+    with pytest.raises(ValueError, match=r"strategy.peft does not fit model 'tiny'") as err:
+        build_and_fit(tiny_overrides, "lora", "strategy.peft.target_modules=[no_such_projection]")
+    assert "no_such_projection" in str(err.value)
+
+
+def test_peft_and_trainable_layers_exclude_each_other(tiny_overrides):
+    with pytest.raises(ValueError, match="exclude each other"):
+        build_and_fit(tiny_overrides, "lora", "strategy.trainable_layers=1")
+
+
+def test_bad_pooling(tiny_overrides):
+    from experiments.runner import ConfigError, make_strategy
+
+    with pytest.raises(ValueError, match=r"pooling=max is not one of cls\|mean"):
+        FreezeStrategy(NUM_LABELS, compose(tiny_overrides).model, pooling="max")
+    cfg = compose(["strategy=freeze", *tiny_overrides, "strategy.pooling=max"])
+    with pytest.raises(ConfigError, match=r"strategy 'freeze'.*pooling=max"):  # the runner's one-line error
+        make_strategy(cfg, NUM_LABELS)
+    assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize("name", ["embed", "freeze", "finetune"])
+def test_bad_layers(name, tiny_overrides):
+    with pytest.raises(ValueError, match=r"layers=\[-4\].*\[-3, 2\].*2-layer"):
+        build_and_fit(tiny_overrides, name, "strategy.layers=[-4]")
+
+
+@pytest.mark.parametrize("name", ["freeze", "finetune"])
+def test_bad_head(name, tiny_overrides):
+    with pytest.raises(ValueError, match="head=transformer"):
+        build_and_fit(tiny_overrides, name, "strategy.head=transformer")
+
+
+@pytest.mark.parametrize("name", ["baseline", "freeze"])
+def test_single_class_is_rejected(name, tiny_overrides):
+    from experiments.runner import ConfigError, make_strategy
+
+    with pytest.raises(ConfigError, match="num_labels=1: a classifier needs at least 2 classes"):
+        make_strategy(compose([f"strategy={name}", *tiny_overrides]), 1)
+
+
+def test_fp16_on_cpu_is_rejected(tiny_overrides):
+    from experiments.runner import ConfigError, make_strategy
+
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is allowed on CUDA")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        make_strategy(compose(["strategy=freeze", *tiny_overrides, "precision=fp16"]), NUM_LABELS)
+
+
+# ----------------------------------------------------------------------------- features
+TEXTS = [
+    "A quiet, patient drama.",
+    "Forty minutes in, I realized I had no idea who anyone was or why they were fighting over a briefcase.",
+    "Dull.",
+    "Oh wonderful, another superhero origin story where the villain wants to destroy the city because reasons.",
+    "The performance is so controlled that a single glance carries more weight than most monologues.",
+    "Neither did the screenwriter, apparently.",
+    "I checked my watch.",
+]
+
+
+@pytest.mark.parametrize("combine, dim", [("concat", 64), ("mean", 32)])
+def test_embed_layers_combine_changes_feature_dim(combine, dim, tiny_overrides):
+    strategy = make(tiny_overrides, "embed", "strategy.layers=[-2,-1]", f"strategy.combine={combine}")
+    assert strategy.feature_dim == dim
+    feats = strategy.features(TEXTS)
+    assert feats.shape == (len(TEXTS), dim)
+    assert feats.dtype == np.float32
+
+
+def test_embed_combine_mean_is_the_mean_of_the_layers(tiny_overrides):
+    single = {
+        i: make(tiny_overrides, "embed", f"strategy.layers=[{i}]", "strategy.precision=fp32").features(TEXTS)
+        for i in (-2, -1)
+    }
+    concat = make(tiny_overrides, "embed", "strategy.layers=[-2,-1]", "strategy.precision=fp32").features(TEXTS)
+    mean = make(
+        tiny_overrides, "embed", "strategy.layers=[-2,-1]", "strategy.combine=mean", "strategy.precision=fp32"
+    ).features(TEXTS)
+    np.testing.assert_allclose(concat, np.concatenate([single[-2], single[-1]], axis=1), atol=1e-5)
+    np.testing.assert_allclose(mean, (single[-2] + single[-1]) / 2, atol=1e-5)
+
+
+@pytest.mark.skipif(not _cpu_has_bf16(), reason="this CPU has no fast bf16 (AMX/AVX512-BF16)")
+def test_bf16_features_agree_with_fp32(tiny_overrides):
+    feats = {
+        p: make(tiny_overrides, "embed", f"strategy.precision={p}", "strategy.device=cpu").features(TEXTS)
+        for p in ("fp32", "bf16")
+    }
+    a, b = feats["fp32"], feats["bf16"]
+    assert not np.array_equal(a, b), "bf16 autocast seems to have had no effect"
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() > 0.99, cos
+
+
+def test_auto_precision_follows_the_cpu(tiny_overrides):
+    strategy = make(tiny_overrides, "embed", "device=cpu", "precision=auto")
+    assert strategy.precision == ("bf16" if _cpu_has_bf16() else "fp32")
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("n, batch_size", [(0, 4), (1, 4), (10, 3), (101, 8), (1000, 7)])
+def test_length_batches_cover_every_index_once(n, batch_size, shuffle):
+    rng = np.random.default_rng(n)
+    lengths = rng.integers(1, 60, size=n)
+    batches = list(length_batches(lengths, batch_size, shuffle=shuffle, rng=np.random.default_rng(0)))
+    flat = np.concatenate(batches) if batches else np.array([], dtype=int)
+    assert sorted(flat.tolist()) == list(range(n))
+    assert all(1 <= len(b) <= batch_size for b in batches)
+    assert len(batches) == -(-n // batch_size)
+    if not shuffle:  # inference: longest first
+        assert np.all(np.diff(lengths[flat]) <= 0)
+
+
+def test_length_batches_shuffle_is_seeded_and_varies():
+    lengths = np.random.default_rng(0).integers(1, 60, size=200)
+
+    def order(seed):
+        return np.concatenate(list(length_batches(lengths, 8, shuffle=True, rng=np.random.default_rng(seed))))
+
+    assert np.array_equal(order(1), order(1))
+    assert not np.array_equal(order(1), order(2))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_extract_features_keeps_input_order(pooling, tiny_overrides):
+    strategy = make(tiny_overrides, "embed", "strategy.precision=fp32")
+    kwargs = dict(
+        max_length=64, layers=[-1], pooling=pooling, device=torch.device("cpu"), precision="fp32",
+    )
+    model, tok = strategy.encoder, strategy.tokenizer
+    batched = extract_features(model, tok, TEXTS, batch_size=3, **kwargs)  # several length-sorted batches
+    alone = np.concatenate([extract_features(model, tok, [t], batch_size=1, **kwargs) for t in TEXTS])
+    assert batched.shape == (len(TEXTS), 32)
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    assert len({row.tobytes() for row in batched}) == len(TEXTS)  # distinct texts, distinct rows
+
+
+def test_extract_features_rejects_no_texts(tiny_overrides):
+    strategy = make(tiny_overrides, "embed")
+    with pytest.raises(ValueError, match="no texts"):
+        strategy.features([])
+
+
+def test_max_length_beyond_the_model_is_rejected(tiny_overrides):
+    with pytest.raises(ValueError, match=r"max_length=512 exceeds.*\(128\)"):
+        build_and_fit(tiny_overrides, "embed", "model.max_length=512")
