@@ -86,6 +86,8 @@ def read_table(path: Path) -> pd.DataFrame:
     if builder is None:
         raise DataError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(FORMATS)}")
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the split is empty (an empty file); it needs labelled examples")
     try:
         ds = load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except UnicodeDecodeError as e:
@@ -96,7 +98,8 @@ def read_table(path: Path) -> pd.DataFrame:
             raise DataError(f"{path}: the split is empty (no rows); it needs labelled examples") from e
         if isinstance(cause, UnicodeDecodeError):
             raise DataError(f"{path} is not valid UTF-8; re-save it as UTF-8") from e
-        raise DataError(f"{path}: could not be read as {builder}: {str(cause).splitlines()[0][:200]}") from e
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise DataError(f"{path}: could not be read as {builder}: {first[:200]}") from e
     return ds.to_pandas()
 
 
