@@ -202,3 +202,20 @@ def test_same_config_and_seed_give_identical_metrics(tiny_overrides, in_store):
 
     first, second = once("repro-a"), once("repro-b")
     assert first == second and "test_accuracy" in first
+
+
+def test_overlong_param_values_are_truncated_not_fatal(in_store):
+    """The HF Trainer + MLflow failure: a param value longer than the store allows crashes the run."""
+    import mlflow
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    from experiments import tracking
+
+    experiment_id = tracking.setup(in_store.uri, "long-params")
+    with tracking.tracked_run(experiment_id, "long", {}) as active:
+        tracking.log_params({"strategy.peft.target_modules": "x" * (MAX_PARAM_VAL_LENGTH * 2), "short": "ok"})
+    run = mlflow.MlflowClient(in_store.uri).get_run(active.info.run_id)
+    assert run.info.status == "FINISHED"
+    value = run.data.params["strategy.peft.target_modules"]
+    assert len(value) <= MAX_PARAM_VAL_LENGTH and value.endswith("[truncated]")
+    assert run.data.params["short"] == "ok"
