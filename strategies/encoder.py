@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import importlib
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -14,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()  # weight-loading bars would flood sweep logs
 
 POOLINGS = ("cls", "mean")
 COMBINES = ("concat", "mean")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 # ----------------------------------------------------------------------------- model loading
@@ -34,6 +36,13 @@ class ModelSpec:
     sha256: str | None = None
     max_length: int = 256
     trust_remote_code: bool = False
+
+    def __post_init__(self):
+        # Runs for every encoder strategy and, through experiments/schema.py, when a run starts.
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
+            raise ValueError(f"model.max_length={self.max_length}: must be a whole number >= 1")
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", str(self.sha256)):
+            raise ValueError(f"model.sha256={self.sha256}: must be 64 hex digits (or null: no pinning)")
 
     @classmethod
     def from_config(cls, cfg: Mapping | ModelSpec) -> ModelSpec:
@@ -96,6 +105,20 @@ def load_encoder(spec: ModelSpec) -> torch.nn.Module:
     path = spec.resolve_path()
     verify_weights(spec, path)
     model = AutoModel.from_pretrained(path, trust_remote_code=spec.trust_remote_code, use_safetensors=True)
+    return _bare(model, spec)
+
+
+def encoder_skeleton(spec: ModelSpec) -> torch.nn.Module:
+    """The encoder's architecture without its weights: built from config.json on the meta device (no memory,
+    no weights read; ~0.1 s), so a config can be checked against the model before anything heavy loads."""
+    path = spec.resolve_path()
+    config = AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config, trust_remote_code=spec.trust_remote_code)
+    return _bare(model, spec)
+
+
+def _bare(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
     if getattr(model, "pooler", None) is not None:
         # The strategies pool hidden states themselves; BERT's pooler would never get a gradient, yet it
         # would count as trainable and be saved with every fine-tuned model.
@@ -139,8 +162,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """auto = bf16 autocast where the hardware does bf16 fast (CUDA with bf16, CPUs with AMX/AVX512-BF16)."""
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"precision={precision} is not one of auto|fp32|bf16|fp16")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision} is not one of {'|'.join(PRECISIONS)}")
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -148,6 +171,21 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on CPU")
     return precision
+
+
+# Batch sizes for "auto" (null in conf/strategy/*.yaml). On a small CPU, small working sets stay in cache:
+# at max_length 512 on 2 cores, inference batches of 8 ran 1.4x faster than 16 and training micro-batches
+# of 4 1.6x faster than one batch of 16 (benchmarks/bench_speed.py --knobs). GPUs want wide batches.
+AUTO_BATCH = {"encode": {"cpu": 8, "cuda": 64}, "micro": {"cpu": 4, "cuda": None}}
+
+
+def auto_batch_size(value: int | None, kind: str, device: torch.device) -> int | None:
+    """value, or the measured default for this device when value is None (micro None = the whole batch)."""
+    if value is not None:
+        if value < 1:
+            raise ValueError(f"strategy.{kind}_batch_size={value}: must be >= 1 or null (auto)")
+        return int(value)
+    return AUTO_BATCH[kind].get(device.type, AUTO_BATCH[kind]["cuda"])
 
 
 def autocast(device: torch.device, precision: str):

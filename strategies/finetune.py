@@ -20,6 +20,7 @@ from torch import nn
 from . import checkpoint
 from .base import EpochCallback, Split, _no_callback
 from .encoder import (
+    auto_batch_size,
     autocast,
     collate,
     count_parameters,
@@ -66,6 +67,7 @@ class FineTuneStrategy(EncoderStrategy):
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
         batch_size: int = 16,
+        micro_batch_size: int | None = None,
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
         early_stopping_patience: int | None = None,
@@ -90,6 +92,7 @@ class FineTuneStrategy(EncoderStrategy):
         self.epochs, self.lr, self.head_lr = epochs, lr, head_lr
         self.weight_decay, self.warmup_ratio, self.batch_size = weight_decay, warmup_ratio, batch_size
         self.max_grad_norm, self.gradient_checkpointing = max_grad_norm, gradient_checkpointing
+        self.micro_batch_size = auto_batch_size(micro_batch_size, "micro", self.device)
         self.early_stopping_patience = early_stopping_patience
         EarlyStopping(early_stopping_patience)  # validates the value now, not after loading the encoder
         self._net: EncoderClassifier | None = None
@@ -168,18 +171,26 @@ class FineTuneStrategy(EncoderStrategy):
             first, total = (pos["batch"], pos["total"]) if epoch == pos["epoch"] else (0, 0.0)
             for b in range(first, len(batches)):
                 idx = batches[b]
-                batch = collate(tok, [items[i] for i in idx], self.device)
-                with autocast(self.device, self.precision):
-                    logits = net(batch)
-                loss = nn.functional.cross_entropy(logits.float(), labels[idx].to(self.device))
-                check_loss(loss, pos["step"])
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                batch_loss = 0.0
+                # Gradient accumulation over micro-batches: the same step as one batch (each part's loss is
+                # its share of the batch mean), but each part is padded only to its own longest text and its
+                # activations fit in cache — 1.6x faster on a small CPU (see encoder.AUTO_BATCH).
+                for start in range(0, len(idx), self.micro_batch_size or len(idx)):
+                    part = idx[start : start + (self.micro_batch_size or len(idx))]
+                    with autocast(self.device, self.precision):
+                        logits = net(collate(tok, [items[i] for i in part], self.device))
+                    loss = nn.functional.cross_entropy(
+                        logits.float(), labels[part].to(self.device), reduction="sum"
+                    ) / len(idx)
+                    check_loss(loss, pos["step"])
+                    loss.backward()
+                    batch_loss += loss.item()
                 if self.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(list(trainable.values()), self.max_grad_norm)
                 opt.step()
                 sched.step()
-                total += loss.item() * len(idx)
+                total += batch_loss * len(idx)
                 pos["step"] += 1
                 if self._ckpt_every and pos["step"] % self._ckpt_every == 0:
                     pos_now = {"epoch": epoch, "batch": b + 1, "step": pos["step"], "total": total}

@@ -15,6 +15,7 @@ from .cache import FeatureCache, texts_digest, tokenizer_identity, weights_ident
 from .encoder import (
     POOLINGS,
     ModelSpec,
+    auto_batch_size,
     check_layers,
     extract_features,
     load_encoder,
@@ -72,7 +73,7 @@ class EncoderStrategy(Strategy):
         pooling: str = "cls",
         layers: Sequence[int] = (-1,),
         combine: str = "concat",
-        encode_batch_size: int = 16,  # on CPU, 16 beats 64 by ~1.5x (benchmarks/bench_speed.py --knobs)
+        encode_batch_size: int | None = None,  # None = auto (encoder.AUTO_BATCH: 8 on CPU, 64 on GPU)
         device: str = "auto",
         precision: str = "auto",
         cache: bool = False,
@@ -87,10 +88,10 @@ class EncoderStrategy(Strategy):
         self._cache_ids: dict | None = None
         if pooling not in POOLINGS:
             raise ValueError(f"strategy.pooling={pooling} is not one of {'|'.join(POOLINGS)}")
-        check_positive(encode_batch_size=encode_batch_size, max_length=self.spec.max_length)
+        check_positive(max_length=self.spec.max_length)
         self.pooling, self.layers, self.combine = pooling, list(layers), combine
-        self.encode_batch_size = encode_batch_size
         self.device = resolve_device(device)
+        self.encode_batch_size = auto_batch_size(encode_batch_size, "encode", self.device)
         self.precision = resolve_precision(precision, self.device)
         self.model_name = self.spec.name
         self._tokenizer = None

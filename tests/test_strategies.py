@@ -190,6 +190,25 @@ def test_finetune_head_learns_faster(tiny_overrides):
     assert strategy.head_lr == pytest.approx(1e-3) and strategy.lr == pytest.approx(5e-5)
 
 
+@pytest.mark.parametrize("micro", [1, 3])
+def test_micro_batches_take_the_same_step_as_one_batch(micro, tiny_overrides, train_split):
+    """Gradient accumulation is an implementation detail: with dropout off, the trained weights match
+    training on whole batches (up to float rounding: parts are padded to different lengths)."""
+    common = ["strategy.dropout=0", "strategy.batch_size=8", "precision=fp32", "strategy.max_grad_norm=1.0"]
+    weights = []
+    for m in (micro, "null"):
+        strategy = make(tiny_overrides, "finetune", *common, f"strategy.micro_batch_size={m}")
+        strategy.encoder.config.hidden_dropout_prob = 0.0  # the tiny BERT's own dropout modules stay at p
+        for mod in strategy.net.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+        strategy.fit(train_split)
+        weights.append({n: p.detach().clone() for n, p in strategy.net.named_parameters()})
+    for name, w in weights[0].items():
+        torch.testing.assert_close(w, weights[1][name], rtol=1e-4, atol=1e-5, msg=name)
+    assert make(tiny_overrides, "finetune").micro_batch_size == 4  # auto on CPU (encoder.AUTO_BATCH)
+
+
 # ----------------------------------------------------------------------------- configuration errors
 def build_and_fit(tiny_overrides, name: str, *extra: str, train=None):
     """Build through the runner (which turns Hydra's wrapped constructor errors into ConfigError, a ValueError)
