@@ -25,6 +25,7 @@ from sklearn.model_selection import train_test_split
 from strategies.base import Split
 
 from .errors import DataError
+from .schema import check_size
 
 log = logging.getLogger(__name__)
 
@@ -223,13 +224,10 @@ def encode_labels(train_raw: list, test_raw: list, names_cfg) -> tuple[np.ndarra
 # ----------------------------------------------------------------------------- splitting
 def _count(size, total: int, key: str) -> int | None:
     """A size given as a fraction (0 < f < 1) or a count (>= 1) -> a count; None means all."""
+    check_size(key, size)  # the runner's schema checked it already; direct callers get the same message
     if size is None:
         return None
-    if 0 < size < 1:
-        return max(1, int(round(size * total)))
-    if size >= 1 and float(size).is_integer():
-        return int(size)
-    raise DataError(f"data.{key}={size}: use a fraction in (0, 1) or a whole count >= 1")
+    return max(1, int(round(size * total))) if size < 1 else int(size)
 
 
 def stratified_subset(idx: np.ndarray, labels: np.ndarray, size: int | None, seed: int, key: str) -> np.ndarray:

@@ -13,6 +13,7 @@ import random
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError, UserError
 from .metrics import confusion_figure, evaluate
 from .resources import Measure
+from .schema import validate
 
 log = logging.getLogger("transfer_bench")
 
@@ -53,18 +55,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def make_strategy(cfg: DictConfig, num_labels: int):
-    """Build the strategy and load what it needs, turning constructor and loading errors (Hydra wraps
-    them) into one readable line — all before an MLflow run exists."""
+@contextmanager
+def strategy_errors(cfg: DictConfig):
+    """Constructor, checking and loading errors (Hydra wraps the constructor's) as one readable line."""
     try:
+        yield
+    except InstantiationException as e:
+        cause = " ".join(str(e.__cause__ or e).split())
+        raise ConfigError(f"strategy '{cfg.strategy.name}': {cause}") from e
+    except (ValueError, TypeError, OSError) as e:
+        cause = " ".join(str(e).split())  # library messages (hub, peft) may span lines
+        raise ConfigError(f"strategy '{cfg.strategy.name}' with model '{cfg.model.name}': {cause}") from e
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Everything that can be checked before the data and the weights load (about a second): the schema,
+    then the strategy built from its config and checked against the model's config.json."""
+    validate(cfg)
+    names = cfg.data.get("label_names")  # the real number of classes is known only once the data is read
+    with strategy_errors(cfg):
+        build_strategy(cfg.strategy, len(names) if names else 2).check()
+
+
+def make_strategy(cfg: DictConfig, num_labels: int):
+    """Build the strategy and load what it needs — before an MLflow run exists."""
+    with strategy_errors(cfg):
         strategy = build_strategy(cfg.strategy, num_labels)
         strategy.prepare()
         return strategy
-    except InstantiationException as e:
-        cause = e.__cause__ or e
-        raise ConfigError(f"strategy '{cfg.strategy.name}': {cause}") from e
-    except (ValueError, TypeError, OSError) as e:
-        raise ConfigError(f"strategy '{cfg.strategy.name}' with model '{cfg.model.name}': {e}") from e
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -154,6 +172,7 @@ def _run(cfg: DictConfig) -> float | None:
     t_start = time.perf_counter()
     quiet_libraries()
     set_threads()
+    check_config(cfg)  # a config that cannot work fails here, not after the data and weights have loaded
     seed_everything(int(cfg.seed))
     data: Dataset = load_dataset(cfg.data)
     seed_everything(int(cfg.seed))  # the strategy's initialisation must not depend on how data was read

@@ -40,6 +40,11 @@ class Strategy(ABC):
             raise ValueError(f"num_labels={num_labels}: a classifier needs at least 2 classes")
         self.num_labels = num_labels
 
+    def check(self) -> None:  # noqa: B027 — an optional hook, empty by default
+        """Check the config against what it will meet (a model's config.json, not its weights) without
+        loading anything heavy: the runner calls it before the data loads, so a config that cannot work
+        fails in about a second. Raise ValueError with one line naming the key. Optional."""
+
     def prepare(self) -> None:  # noqa: B027 — an optional hook, empty by default
         """Load and check everything heavy (weights, tokenizer) before a run starts, so that a config that
         does not fit the model fails before anything is logged. Optional; fit() must work without it."""

@@ -17,6 +17,7 @@ from .encoder import (
     ModelSpec,
     auto_batch_size,
     check_layers,
+    encoder_skeleton,
     extract_features,
     load_encoder,
     load_tokenizer,
@@ -109,11 +110,17 @@ class EncoderStrategy(Strategy):
             self._encoder = self.prepare_encoder(load_encoder(self.spec)).to(self.device)
         return self._encoder
 
+    def check(self) -> None:
+        # The same prepare_encoder that runs on the loaded weights, on a weightless copy of the architecture:
+        # one set of checks (layers, trainable_layers, peft targets, max_length), before anything heavy loads.
+        self.prepare_encoder(encoder_skeleton(self.spec))
+
     def prepare(self) -> None:
         self.tokenizer, self.encoder  # noqa: B018 — load (and verify) both now; errors surface before the run
 
     def prepare_encoder(self, encoder: nn.Module) -> nn.Module:
-        """Hook: freeze, wrap with peft, … Called once, right after loading."""
+        """Hook: freeze, wrap with peft, … Called once, right after loading — and by check() on a weightless
+        skeleton on the meta device, so it must only change structure and flags, never read weights."""
         check_layers(self.layers, encoder.config.num_hidden_layers)
         return encoder
 

@@ -12,6 +12,7 @@ import pytest
 from conftest import IMDB, compose, read_demo
 
 from experiments.data import DataError, load_dataset
+from experiments.errors import ConfigError
 
 
 def data_cfg(*overrides: str):
@@ -169,7 +170,7 @@ def test_cap_just_below_what_is_available(tmp_path, cap):
 @pytest.mark.parametrize("size", [0, -3, 2.5])
 def test_bad_sizes(tmp_path, size):
     unique_dataset(tmp_path)
-    with pytest.raises(DataError, match="val_size"):
+    with pytest.raises(ConfigError, match="val_size"):  # a config value, checked by experiments.schema
         load_dataset(unique_cfg(tmp_path, f"data.val_size={size}"))
 
 

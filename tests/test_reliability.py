@@ -8,12 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from conftest import RUN_PY, compose, subprocess_env
+from conftest import RUN_PY, STRATEGY_PRESETS, compose, subprocess_env
 
-from experiments.runner import run
+from experiments.bundle import build_strategy
+from experiments.runner import check_config, run
+from experiments.schema import DataConfig, RunConfig
+from strategies.encoder import ModelSpec
 
 
 # ----------------------------------------------------------------------------- bad data files
@@ -59,7 +63,8 @@ def _bad_data(tmp: Path) -> dict[str, tuple[list[str], str]]:
 
 
 STRATEGY_CASES = {
-    # name: (overrides, expected message) — all rejected before any MLflow run exists
+    # name: (overrides, expected message) — the strategy's constructor or its check() against the model's
+    # config.json rejects these before the data or the weights load
     "lr <= 0": (["strategy=freeze", "strategy.lr=0"], "strategy.lr=0"),
     "epochs < 1": (["strategy=finetune", "strategy.epochs=0"], "strategy.epochs=0"),
     "batch size < 1": (["strategy=freeze", "strategy.batch_size=0"], "strategy.batch_size=0"),
@@ -72,6 +77,40 @@ STRATEGY_CASES = {
     "fp16 on cpu": (["strategy=freeze", "precision=fp16"], "needs a CUDA GPU"),
     "peft and trainable_layers": (["strategy=lora", "strategy.trainable_layers=1"], "exclude each other"),
 }
+
+SCHEMA_CASES = {
+    # name: (overrides, expected message) — experiments/schema.py rejects these when the run starts
+    "unknown precision": (["precision=fp64"], "precision=fp64: must be one of auto|fp32|bf16|fp16"),
+    "unknown device": (["device=tpu"], "device=tpu: must be auto, cpu, cuda or cuda:N"),
+    "seed not a number": (["seed=abc"], "seed=abc: must be a whole number"),
+    "negative train size": (["data.train_size=-3"], "data.train_size=-3: use a fraction in (0, 1) or a whole count"),
+    "no validation split": (["data.val_size=null"], "data.val_size=null: use a fraction"),
+    "negative checkpoint interval": (["checkpoint_every=-1"], "checkpoint_every=-1: must be >= 0"),
+    "max_length 0": (["model.max_length=0"], "model.max_length=0: must be a whole number >= 1"),
+    "flag not a bool": (["cache=maybe"], "cache=maybe: must be true or false"),
+    "dropped fraction over 1": (["data.max_dropped_fraction=2"], "data.max_dropped_fraction=2.0: must be in [0, 1]"),
+    "sha256 not hex": (["model.sha256=xyz"], "model.sha256=xyz: must be 64 hex digits"),
+    "null text column": (["data.text_column=null"], "data.text_column=null: must not be null"),
+    "one label name": (["data.label_names=[a]"], "data.label_names=['a']: needs at least 2"),
+}
+CONFIG_CASES = STRATEGY_CASES | SCHEMA_CASES
+
+
+@pytest.fixture
+def nothing_heavy_loads(monkeypatch):
+    """Reading the data, the tokenizer or any weights fails the test: what it sees came from the config
+    checks alone."""
+    from transformers import AutoModel
+
+    def refuse(what):
+        def load(*args, **kwargs):
+            raise AssertionError(f"{what} loaded before the config was checked")
+        return load
+
+    monkeypatch.setattr("experiments.runner.load_dataset", refuse("the data"))
+    monkeypatch.setattr("strategies.neural.load_encoder", refuse("the encoder"))
+    monkeypatch.setattr("strategies.neural.load_tokenizer", refuse("the tokenizer"))
+    monkeypatch.setattr(AutoModel, "from_pretrained", refuse("pretrained weights"))
 
 
 def _assert_rejected(overrides: list[str], message: str, store, experiment: str, capsys) -> None:
@@ -94,10 +133,36 @@ def test_bad_data_inputs(tmp_path, in_store, capsys):
             raise AssertionError(f"case '{name}': {e}") from e
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGY_CASES))
-def test_bad_strategy_configs(name, tiny_overrides, in_store, capsys):
-    overrides, message = STRATEGY_CASES[name]
-    _assert_rejected(tiny_overrides + overrides, message, in_store, "bad-cfg-" + "".join(c if c.isalnum() else "-" for c in name), capsys)
+@pytest.mark.parametrize("name", sorted(CONFIG_CASES))
+def test_bad_configs_fail_before_data_or_weights_load(name, tiny_overrides, in_store, nothing_heavy_loads, capsys):
+    overrides, message = CONFIG_CASES[name]
+    experiment = "bad-cfg-" + "".join(c if c.isalnum() else "-" for c in name)
+    # a missing data folder too: the config's message must come first
+    _assert_rejected(tiny_overrides + overrides + ["data.path=/nonexistent"], message, in_store, experiment, capsys)
+    assert in_store.runs(experiment) == []  # no MLflow run at all
+
+
+@pytest.mark.parametrize("name", [p for p in STRATEGY_PRESETS if p != "baseline"])
+def test_check_reads_only_the_model_config(name, tiny_overrides, nothing_heavy_loads):
+    strategy = build_strategy(compose(tiny_overrides + [f"strategy={name}"]).strategy, 2)
+    strategy.check()  # a valid config passes without weights
+    assert strategy._encoder is None and strategy._tokenizer is None
+
+
+@pytest.mark.parametrize("name", STRATEGY_PRESETS)
+def test_every_strategy_preset_passes_the_checks(name):
+    check_config(compose([f"strategy={name}"]))  # with the packaged MiniLM: its config.json only
+
+
+def test_schema_knows_every_key_in_conf():
+    """Keys the schema does not know pass unchecked (a new key must not break runs): this test is the
+    reminder to add them to experiments/schema.py."""
+    for data in ("demo", "imdb", "files"):
+        for model in ("minilm", "bert-base"):
+            cfg = compose([f"data={data}", f"model={model}"])
+            assert set(cfg) <= {f.name for f in fields(RunConfig)}
+            assert set(cfg.data) <= {f.name for f in fields(DataConfig)}, data
+            assert set(cfg.model) <= {f.name for f in fields(ModelSpec)}, model
 
 
 def test_wrong_sha256_is_rejected(in_store, capsys):

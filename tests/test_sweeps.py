@@ -49,9 +49,12 @@ EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_preset_composes_with_each_sweep_value(name):
-    """Each preset, and each job its sweep would launch, composes (no training)."""
+    """Each preset, and each job its sweep would launch, composes and passes the checks a run starts with
+    (the schema, the strategy against the model's config.json; no data, no weights, no training)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from experiments.runner import check_config
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
@@ -61,8 +64,9 @@ def test_every_experiment_preset_composes_with_each_sweep_value(name):
         for key, values in params.items():
             [override] = parser.parse_overrides([f"{key}={values}"])
             for value in override.sweep_string_iterator():
-                job = compose("config", overrides=[f"experiment={name}", f"{key}={value}"])
-                assert job is not None
+                check_config(compose("config", overrides=[f"experiment={name}", f"{key}={value}"]))
+        if not params:
+            check_config(compose("config", overrides=[f"experiment={name}"]))
 
 
 def test_launcher_configs_compose():
