@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 log = logging.getLogger("transfer_bench")
 
@@ -62,6 +63,7 @@ class SweepSummary(Callback):
             client, _ = tracking.client_for(config.tracking_uri, config.experiment_name)
             if config.get("sweep_report", True):
                 self._report(config, sweep_dir, parent)
+            self._search_results(client, sweep_dir, parent)
             if failures:
                 client.log_text(parent, path.read_text(encoding="utf-8"), "failures.jsonl")
             client.set_terminated(parent, status="FAILED" if failures else "FINISHED")
@@ -71,6 +73,20 @@ class SweepSummary(Callback):
         lines = [f"  job {f['job']} [{' '.join(f['overrides'])}]: {f['error'].splitlines()[0]}" for f in failures]
         log.error(f"sweep finished: {len(failures)} job(s) failed (details in {path}):\n" + "\n".join(lines))
         raise SystemExit(1)
+
+    @staticmethod
+    def _search_results(client, sweep_dir: Path, parent: str) -> None:
+        """An Optuna search (hydra/sweeper=optuna_journal) leaves its best trial and its trial table in the
+        sweep folder: log them under search/ of the parent run, and the best value as a parent metric."""
+        results = sweep_dir / "optimization_results.yaml"
+        if not results.is_file():
+            return
+        for name in ("optimization_results.yaml", "optuna_trials.csv"):
+            if (sweep_dir / name).is_file():
+                client.log_artifact(parent, str(sweep_dir / name), "search")
+        best = OmegaConf.load(results).get("best_value")
+        if best is not None:
+            client.log_metric(parent, "search_best_value", float(best))
 
     @staticmethod
     def _report(config, sweep_dir: Path, parent: str) -> None:

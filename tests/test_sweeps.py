@@ -47,6 +47,14 @@ def test_sweep_is_one_parent_with_a_child_per_job_and_relaunch_skips_finished(tm
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
 
+def _job_values(override) -> list[str]:
+    """What a sweep may give a job: each value of a list, choice() or range(), and the two bounds of an
+    interval() (the Optuna search presets)."""
+    if override.is_interval_sweep():
+        return [str(override.value().start), str(override.value().end)]
+    return list(override.sweep_string_iterator())
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_preset_composes_with_each_sweep_value(name):
     """Each preset, and each job its sweep would launch, composes and passes the checks a run starts with
@@ -63,7 +71,7 @@ def test_every_experiment_preset_composes_with_each_sweep_value(name):
         parser = OverridesParser.create()
         for key, values in params.items():
             [override] = parser.parse_overrides([f"{key}={values}"])
-            for value in override.sweep_string_iterator():
+            for value in _job_values(override):
                 check_config(compose("config", overrides=[f"experiment={name}", f"{key}={value}"]))
         if not params:
             check_config(compose("config", overrides=[f"experiment={name}"]))
