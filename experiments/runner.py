@@ -244,8 +244,9 @@ def _run(cfg: DictConfig) -> float | None:
         except (RuntimeError, MemoryError) as e:
             if _is_oom(e):
                 raise MemoryError(
-                    f"out of memory on {strategy.info().get('device', 'cpu')}: lower strategy.batch_size "
-                    f"(or strategy.encode_batch_size) or model.max_length, or set strategy.gradient_checkpointing=true"
+                    f"out of memory on {strategy.info().get('device', 'cpu')}: lower strategy.micro_batch_size "
+                    f"(the same training, less memory), strategy.encode_batch_size, strategy.batch_size or "
+                    f"model.max_length, or set strategy.gradient_checkpointing=true"
                 ) from e
             raise
         ev = evaluate(data.test.labels, proba, names)

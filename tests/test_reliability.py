@@ -12,6 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import RUN_PY, STRATEGY_PRESETS, compose, subprocess_env
 
 from experiments.bundle import build_strategy
@@ -191,6 +192,27 @@ def test_failure_inside_a_run_is_recorded_as_failed(tiny_overrides, in_store):
     assert "FloatingPointError" in runs[0].data.tags["error"]
     files = [a.path for a in in_store.client().list_artifacts(runs[0].info.run_id, "error")]
     assert files == ["error/traceback.txt"]
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1")])
+def test_out_of_memory_gives_advice(error, tiny_overrides, in_store, monkeypatch):
+    """GPU and CPU allocation failures end the run FAILED with what to lower, not a bare allocator error.
+    (Simulated: a real OOM needs a GPU; the forward pass raises the allocator's own exception type.)"""
+    from strategies.finetune import EncoderClassifier
+
+    def exhausted(self, batch):
+        raise error
+
+    monkeypatch.setattr(EncoderClassifier, "forward", exhausted)
+    experiment = f"oom-{type(error).__name__}"
+    cfg = compose(tiny_overrides + ["strategy=finetune", "log_model=false"] + in_store.overrides(experiment))
+    with pytest.raises(MemoryError, match=r"out of memory on cpu: lower strategy.micro_batch_size") as exc:
+        run(cfg)
+    assert "\n" not in str(exc.value)
+    runs = in_store.runs(experiment)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "lower strategy.micro_batch_size" in runs[0].data.tags["error"]
 
 
 def test_failed_sweep_job_does_not_stop_the_others(tmp_path, mlflow_store):
