@@ -34,6 +34,7 @@ from .resources import Measure
 from .schema import validate
 
 log = logging.getLogger("transfer_bench")
+OBJECTIVE = "objective_val_f1_macro"  # the metric run() returns to sweepers
 
 
 def quiet_libraries() -> None:
@@ -139,7 +140,7 @@ def _split_frame(split, names: list[str]) -> pd.DataFrame:
 
 
 def run(cfg: DictConfig) -> float | None:
-    """One experiment. Returns the final validation macro-F1 (what sweepers may optimise; never test).
+    """One experiment. Returns the validation macro-F1 of the kept model (what sweepers optimise; never test).
 
     A user error (bad config or data) ends a single run with a one-line message and exit status 1. In a
     multirun sweep any failing job is recorded in <sweep dir>/failures.jsonl and the sweep goes on; the
@@ -186,8 +187,8 @@ def _run(cfg: DictConfig) -> float | None:
     if sweep is not None and cfg.get("skip_finished", True):
         done = tracking.find_finished(experiment_id, chash)
         if done is not None:  # a re-launched sweep continues where it stopped
-            log.info("skipping: run %s already FINISHED this exact config (skip_finished=false to rerun)", done)
-            return None
+            log.info("skipping: run %s already FINISHED this exact config (skip_finished=false to rerun)", done.info.run_id)
+            return done.data.metrics.get(OBJECTIVE)  # same config, same result: a sweeper may count it
     model_tag = strategy.model_name or "none"
     tags = {
         "strategy": cfg.strategy.name,
@@ -204,14 +205,14 @@ def _run(cfg: DictConfig) -> float | None:
     log.info("run %s: train %d / val %d / test %d, %d classes", run_name, len(data.train), len(data.val),
              len(data.test), data.num_labels)
 
-    last_val_f1: list[float] = []
+    val_f1: dict[int, float] = {}  # epoch -> validation macro-F1
 
     def on_epoch(epoch: int, scalars: dict, val_proba) -> None:
         metrics = {k: float(v) for k, v in scalars.items()}
         if val_proba is not None:
             val = evaluate(data.val.labels, val_proba, names, prefix="val_").scalars
             metrics |= {k: val[k] for k in ("val_accuracy", "val_f1_macro", "val_log_loss")}
-            last_val_f1.append(val["val_f1_macro"])
+            val_f1[epoch] = val["val_f1_macro"]
         tracking.log_metrics(metrics, step=epoch)
         log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
@@ -261,6 +262,11 @@ def _run(cfg: DictConfig) -> float | None:
             "peak_rss_mb": max(fit_m.peak_rss_mb, inf_m.peak_rss_mb),
             "peak_cuda_mb": max(fit_m.peak_cuda_mb, inf_m.peak_cuda_mb),
         }
+        # What a sweeper optimises: the validation score of the model that was kept (the best epoch when
+        # early stopping restored one, else the last). Never a test metric.
+        kept = strategy.info().get("best_epoch") or max(val_f1, default=None)
+        if kept in val_f1:
+            summary[OBJECTIVE] = val_f1[kept]
         tracking.log_metrics(summary)
         tracking.log_params({f"runtime.{k}": str(v) for k, v in strategy.info().items()})
         tracking.log_text(ev.report_text, "classification_report.txt")
@@ -287,7 +293,7 @@ def _run(cfg: DictConfig) -> float | None:
         f"train {fit_m.seconds:.1f}s  inference {summary['inference_examples_per_s']:.1f} ex/s  "
         f"peak RSS {summary['peak_rss_mb']:.0f} MB"
     )
-    return last_val_f1[-1] if last_val_f1 else None
+    return summary.get(OBJECTIVE)
 
 
 __all__ = ["run", "ConfigError", "DataError", "UserError"]

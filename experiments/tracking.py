@@ -37,13 +37,13 @@ def client_for(tracking_uri: str, experiment_name: str) -> tuple[mlflow.MlflowCl
     return client, exp.experiment_id if exp else client.create_experiment(experiment_name)
 
 
-def find_finished(experiment_id: str, config_hash: str) -> str | None:
-    """The id of a FINISHED run of this exact config in the experiment, if there is one."""
+def find_finished(experiment_id: str, config_hash: str):
+    """A FINISHED run (mlflow.entities.Run) of this exact config in the experiment, if there is one."""
     runs = mlflow.search_runs(
         [experiment_id], filter_string=f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
         max_results=1, output_format="list",
     )
-    return runs[0].info.run_id if runs else None
+    return runs[0] if runs else None
 
 
 def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:

@@ -291,6 +291,21 @@ def test_same_config_and_seed_give_identical_metrics(tiny_overrides, in_store):
     assert first == second and "test_accuracy" in first
 
 
+def test_objective_is_the_validation_score_of_the_kept_epoch(tiny_overrides, in_store):
+    """Under early stopping the run keeps the best epoch: what run() returns to a sweeper (and logs as
+    objective_val_f1_macro) is that epoch's validation macro-F1, not the last epoch's and never a test score."""
+    from mlflow import MlflowClient
+
+    cfg = compose(tiny_overrides + ["strategy=freeze", "strategy.epochs=12", "strategy.lr=0.5", "strategy.early_stopping_patience=2",
+                                    "log_model=false", "save_predictions=false"] + in_store.overrides("objective"))
+    value = run(cfg)
+    [r] = in_store.runs("objective")
+    history = [m.value for m in sorted(MlflowClient().get_metric_history(r.info.run_id, "val_f1_macro"), key=lambda m: m.step)]
+    best = int(r.data.params["runtime.best_epoch"])
+    assert best < len(history) <= 12  # early stopping happened and kept an earlier epoch (else the test proves nothing)
+    assert value == r.data.metrics["objective_val_f1_macro"] == history[best - 1] != history[-1]
+
+
 def test_overlong_param_values_are_truncated_not_fatal(in_store):
     """The HF Trainer + MLflow failure: a param value longer than the store allows crashes the run."""
     import mlflow

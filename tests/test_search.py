@@ -7,10 +7,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import optuna  # a dependency: a missing optuna must fail here, not skip
 import pytest
 from conftest import CONF_DIR, RUN_PY, STRATEGY_PRESETS, subprocess_env
-
-optuna = pytest.importorskip("optuna")
 
 
 def _search(cwd, store, experiment, *overrides, ok=True):
@@ -55,13 +54,28 @@ def test_search_persists_continues_and_optimises_validation_f1(tmp_path, mlflow_
     by_c = {float(r.data.params["classifier.C"]): r.data.metrics for r in children}
     for t in trials:
         [metrics] = [m for c, m in by_c.items() if c == pytest.approx(t.params["classifier.C"], rel=1e-12)]
-        assert t.value == pytest.approx(metrics["val_f1_macro"], abs=1e-12)
+        assert t.value == pytest.approx(metrics["objective_val_f1_macro"], abs=1e-12)
+        assert t.value == pytest.approx(metrics["val_f1_macro"], abs=1e-12)  # no early stopping: the last epoch
     assert any(m["val_f1_macro"] != m["test_f1_macro"] for m in by_c.values())  # the two can be told apart
 
     best = max(t.value for t in trials)
     assert parent.data.metrics["search_best_value"] == pytest.approx(best)
     artifacts = {a.path for a in mlflow_store.client().list_artifacts(parent.info.run_id, "search")}
     assert artifacts == {"search/optimization_results.yaml", "search/optuna_trials.csv"}
+
+
+def test_a_repeated_configuration_is_answered_by_its_finished_run(tmp_path, mlflow_store):
+    """Four trials over two C values must repeat configurations: skip_finished answers a repeat with the
+    earlier run's objective instead of training again, so every trial COMPLETEs and only two runs exist."""
+    logs = _search(tmp_path, mlflow_store, "search_repeat", "hydra.sweeper.n_trials=4", "classifier.C=choice(0.5,8.0)",
+                   "strategy.vectorizer.ngram_range=[1,2]", "strategy.vectorizer.min_df=1")  # only C varies
+    trials = _study(tmp_path, "search_repeat").trials
+    assert {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
+    children = [r for r in mlflow_store.runs("search_repeat") if r.data.tags.get("sweep") != "parent"]
+    by_c = {float(r.data.params["classifier.C"]): r.data.metrics["objective_val_f1_macro"] for r in children}
+    assert len(children) == len(by_c) == len({t.params["classifier.C"] for t in trials})
+    assert logs.count("skipping: run") == 4 - len(children) > 0
+    assert all(t.value == pytest.approx(by_c[t.params["classifier.C"]], abs=1e-12) for t in trials)
 
 
 def test_failed_trials_are_told_to_optuna_and_the_study_goes_on(tmp_path, mlflow_store):
