@@ -1,0 +1,96 @@
+"""benchmarks/bench_gpu.py: the MFU arithmetic, the whole pipeline on CPU (--cpu-smoke), and briefly on a GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, subprocess_env
+
+SCRIPT = REPO / "benchmarks" / "bench_gpu.py"
+_spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
+bench_gpu = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_gpu)
+
+
+def bert_block_params(h: int, i: int) -> int:
+    """One BERT layer by hand: Q, K, V, O (weights + biases), the FFN's two linears, two LayerNorms."""
+    return 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * (2 * h)
+
+
+def test_flops_formula_bert_base():
+    n = 12 * bert_block_params(768, 3072)
+    assert n == 85_054_464
+    # 6·N·T for the weights, 12·L·T²·d for attention (3 × forward), per sequence of 512 tokens
+    expected = 6 * 85_054_464 * 512 + 12 * 12 * 512**2 * 768
+    assert expected == 290_278_342_656  # ≈ 290 GFLOP per training sequence
+    assert bench_gpu.train_flops_per_seq(n, 12, 768, 512) == expected
+
+
+def test_peak_table():
+    assert bench_gpu.lookup_peak("NVIDIA H100 80GB HBM3")[0] == 989.0  # the SXM part's name
+    assert bench_gpu.lookup_peak("NVIDIA H100 PCIe")[0] == 756.0
+    assert bench_gpu.lookup_peak("NVIDIA H100 NVL")[0] == 835.0
+    assert bench_gpu.lookup_peak("NVIDIA H200")[0] == 989.0
+    assert bench_gpu.lookup_peak("NVIDIA A100-SXM4-80GB")[0] == 312.0
+    assert bench_gpu.lookup_peak("NVIDIA L4")[0] == 121.0
+    assert bench_gpu.lookup_peak("NVIDIA L40S")[0] == 362.0
+    assert bench_gpu.lookup_peak("NVIDIA H100 80GB HBM3 MIG 1g.10gb") is None
+    assert bench_gpu.lookup_peak("Tesla T4") is None  # no bf16 tensor cores: --peak-tflops needed
+
+
+def run_bench(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=subprocess_env(),
+                          timeout=timeout)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_no_cuda_says_so():
+    r = run_bench([], 120)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("no CUDA GPU: ")
+
+
+def test_cpu_smoke(tmp_path):
+    """The whole pipeline on CPU with the tiny config (2 layers, 128 wide, 64 tokens, 4 steps): ~6 s."""
+    r = run_bench(["--cpu-smoke", "--out", str(tmp_path)], 300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (path,) = tmp_path.glob("gpu-*-cpu-smoke.json")
+    assert path.with_suffix(".md").is_file()
+    res = json.loads(path.read_text())
+    m = res["meta"]
+    assert m["smoke"] and m["seq_len"] == 64 and m["batch_size"] == 4 and m["steps"] == 4
+    assert m["model"]["num_hidden_layers"] == 2 and m["model"]["hidden_size"] == 128
+    n = 2 * bert_block_params(128, 512)
+    assert m["non_embedding_params"] == n == 396_544
+    assert m["flops_per_seq"] == 3 * (2 * n * 64 + 4 * 2 * 64**2 * 128) == 164_855_808
+    assert res["goal"] == "MFU >= 40% on H100" and res["goal_met"] is None
+    for side in ("framework", "reference"):
+        x = res[side]
+        assert x["seq_s"] > 0 and x["tokens_s"] == pytest.approx(64 * x["seq_s"])
+        assert 0 < x["mfu"] < 1
+        assert x["model_tflops_s"] == pytest.approx(x["seq_s"] * m["flops_per_seq"] / 1e12)
+        assert x["timed_sequences"] == 16
+    assert res["framework"]["micro_batch_size"] == 4 and res["framework"]["attn_implementation"] == "sdpa"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_brief(tmp_path):
+    """BERT-base at 512 tokens, a few small steps: the real path runs and its figures are sane."""
+    args = ["--steps", "3", "--batch-size", "8", "--out", str(tmp_path)]
+    if bench_gpu.lookup_peak(torch.cuda.get_device_name()) is None:
+        args += ["--peak-tflops", "100"]
+    r = run_bench(args, 600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (path,) = tmp_path.glob("gpu-*.json")
+    res = json.loads(path.read_text())
+    assert res["meta"]["flops_per_seq"] == 290_278_342_656
+    for side in ("framework", "reference"):
+        assert res[side]["seq_s"] > 0 and 0 < res[side]["mfu"] < 1
+        assert res[side]["peak_memory_gib"] > 0
+    assert res["framework"]["micro_batch_size"] is None  # the whole batch at once on a GPU
