@@ -175,7 +175,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 # Batch sizes for "auto" (null in conf/strategy/*.yaml). On a small CPU, small working sets stay in cache:
 # at max_length 512 on 2 cores, inference batches of 8 ran 1.4x faster than 16 and training micro-batches
-# of 4 1.6x faster than one batch of 16 (benchmarks/bench_speed.py --knobs). GPUs want wide batches.
+# of 4 1.6-1.8x faster than one batch of 16 (benchmarks/bench_speed.py --knobs). GPUs want wide batches.
 AUTO_BATCH = {"encode": {"cpu": 8, "cuda": 64}, "micro": {"cpu": 4, "cuda": None}}
 
 

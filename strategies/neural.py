@@ -89,7 +89,6 @@ class EncoderStrategy(Strategy):
         self._cache_ids: dict | None = None
         if pooling not in POOLINGS:
             raise ValueError(f"strategy.pooling={pooling} is not one of {'|'.join(POOLINGS)}")
-        check_positive(max_length=self.spec.max_length)
         self.pooling, self.layers, self.combine = pooling, list(layers), combine
         self.device = resolve_device(device)
         self.encode_batch_size = auto_batch_size(encode_batch_size, "encode", self.device)
