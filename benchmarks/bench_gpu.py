@@ -189,14 +189,6 @@ def imdb_texts(folder: Path, tok, n: int, seq_len: int, seed: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the two loops
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
-
-
 def throughput(seqs: int, seconds: float, steps: int, flops_per_seq: int, peak_tflops: float, seq_len: int) -> dict:
     seq_s = seqs / seconds
     tflops = seq_s * flops_per_seq / 1e12
@@ -217,6 +209,7 @@ def reset_memory(device: torch.device) -> None:
 
 def run_framework(a, folder: Path, texts: list[str], labels: np.ndarray, device, flops_per_seq: int, peak: float) -> dict:
     from experiments.bundle import build_strategy
+    from experiments.config import compose
     from strategies.base import Split
     from strategies.encoder import collate, tokenize
 

@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from experiments.bundle import build_strategy  # noqa: E402
+from experiments.config import compose  # noqa: E402
 from strategies.base import Split  # noqa: E402
 from strategies.encoder import (  # noqa: E402
     ModelSpec,
@@ -62,14 +63,6 @@ CLASSIFIERS = ("logreg", "svm", "mlp", "random_forest")
 
 
 # ----------------------------------------------------------------------------- helpers
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
-
-
 def subset(path: Path, n: int, seed: int) -> Split:
     """A balanced, seeded sample of n reviews."""
     df = pd.read_parquet(path, columns=["text", "label"])

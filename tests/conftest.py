@@ -17,14 +17,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO / "conf"
 RUN_PY = REPO / "run.py"
 DEMO = REPO / "data" / "demo"
 IMDB = REPO.parent / "shared" / "datasets" / "imdb"
-STRATEGY_PRESETS = sorted(p.stem for p in (CONF_DIR / "strategy").glob("*.yaml"))
 
 if str(REPO) not in sys.path:  # `import experiments`, `import strategies` without installing the project
     sys.path.insert(0, str(REPO))
+
+from experiments.config import CONF_DIR, compose  # noqa: E402, F401 — compose is re-exported to the tests
+
+STRATEGY_PRESETS = sorted(p.stem for p in (CONF_DIR / "strategy").glob("*.yaml"))
 
 _CACHE_ROOT: str | None = None
 
@@ -117,15 +119,6 @@ def tiny_overrides(tiny_bert) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- Hydra
-def compose(overrides: list[str] | None = None):
-    """The config `python run.py <overrides>` would see, as a DictConfig, for in-process use."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides or []))
-
-
 def preset_has(name: str, key: str) -> bool:
     return key in compose([f"strategy={name}"]).strategy
 
