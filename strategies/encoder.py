@@ -205,9 +205,23 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[dict[str,
     return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor onto the device. To CUDA from pinned memory without blocking: a plain .to("cuda") from
+    pageable memory waits until the GPU has finished all queued work, so the CPU could never pad the next
+    batch (or queue its kernels) while the GPU computes this one."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def collate(tokenizer, items: Sequence[dict], device: torch.device) -> dict[str, torch.Tensor]:
+    """Pad a batch to its own longest member. A batch without padding (common: length-sorted batches of
+    reviews truncated at max_length) goes without attention_mask. Then SDPA may take its fastest kernel (flash
+    attention takes no mask), and transformers does not read a mask's values on the GPU (a host sync)."""
     batch = tokenizer.pad(list(items), return_tensors="pt")
-    return {k: v.to(device) for k, v in batch.items()}
+    if bool(batch["attention_mask"].all()):  # still on the host: free to read
+        del batch["attention_mask"]
+    return {k: to_device(v, device) for k, v in batch.items()}
 
 
 def length_batches(
@@ -234,9 +248,12 @@ def length_batches(
 
 
 # ----------------------------------------------------------------------------- pooling and features
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+def pool(hidden: torch.Tensor, mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """mask None: no padding (see collate)."""
     if pooling == "cls":
         return hidden[:, 0]
+    if pooling == "mean" and mask is None:
+        return hidden.mean(1)
     if pooling == "mean":
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
@@ -258,7 +275,7 @@ def forward_features(
     only_last = list(layers) == [-1]
     out = model(**batch, output_hidden_states=not only_last)
     states = [out.last_hidden_state] if only_last else [out.hidden_states[i] for i in layers]
-    pooled = [pool(h, batch["attention_mask"], pooling) for h in states]
+    pooled = [pool(h, batch.get("attention_mask"), pooling) for h in states]
     if len(pooled) == 1:
         return pooled[0]
     if combine == "concat":
@@ -286,17 +303,17 @@ def extract_features(
     model.eval()
     items = tokenize(tokenizer, texts, max_length)
     lengths = [len(x["input_ids"]) for x in items]
-    out: np.ndarray | None = None
+    if not items:
+        raise ValueError("no texts to encode")
+    order, parts = [], []
     for idx in length_batches(lengths, batch_size):
         batch = collate(tokenizer, [items[i] for i in idx], device)
         with autocast(device, precision):
-            feats = forward_features(model, batch, layers, pooling, combine)
-        feats = feats.float().cpu().numpy()
-        if out is None:
-            out = np.empty((len(items), feats.shape[1]), dtype=np.float32)
-        out[idx] = feats
-    if out is None:
-        raise ValueError("no texts to encode")
+            parts.append(forward_features(model, batch, layers, pooling, combine).float())
+        order.append(idx)
+    # One copy to the host at the end: a .cpu() per batch would make the CPU wait for the GPU every batch.
+    out = np.empty((len(items), parts[0].shape[1]), dtype=np.float32)
+    out[np.concatenate(order)] = torch.cat(parts).cpu().numpy()
     return out
 
 

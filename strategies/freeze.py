@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .base import EpochCallback, Split, _no_callback
-from .encoder import count_parameters
+from .encoder import count_parameters, to_device
 from .neural import (
     HEADS,
     ClassifierHead,
@@ -22,6 +22,7 @@ from .neural import (
     EncoderStrategy,
     check_loss,
     check_positive,
+    loss_check_due,
     make_optimizer,
     numpy_rng,
 )
@@ -77,19 +78,21 @@ class FreezeStrategy(EncoderStrategy):
         rng, step, stopper = numpy_rng(), 0, EarlyStopping(self.early_stopping_patience)
         for epoch in range(1, self.epochs + 1):
             self.head.train()
-            total = 0.0
+            total = torch.zeros((), device=self.device)  # read only when checked (see check_loss)
             for idx in np.array_split(rng.permutation(len(x)), steps_per_epoch):
-                idx = torch.as_tensor(idx, device=self.device)
-                loss = nn.functional.cross_entropy(self.head(x[idx]), y[idx])
-                check_loss(loss, step)
+                idx = to_device(torch.from_numpy(idx), self.device)
+                loss = nn.functional.cross_entropy(self.head(x[idx]), y[idx], reduction="sum")
+                total += loss.detach()
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss / len(idx)).backward()
                 opt.step()
                 sched.step()
-                total += loss.item() * len(idx)
                 step += 1
+                if loss_check_due(self.device, step):
+                    check_loss(total, step)
+            check_loss(total, step)
             val_proba = self._head_proba(x_val) if x_val is not None else None
-            on_epoch(epoch, {"train_loss": total / len(x)}, val_proba)
+            on_epoch(epoch, {"train_loss": total.item() / len(x)}, val_proba)
             if stopper.step(self.head, epoch, val_proba, val.labels if val is not None else None):
                 break
         stopper.restore(self.head)

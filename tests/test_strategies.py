@@ -194,19 +194,42 @@ def test_finetune_head_learns_faster(tiny_overrides):
 def test_micro_batches_take_the_same_step_as_one_batch(micro, tiny_overrides, train_split):
     """Gradient accumulation is an implementation detail: with dropout off, the trained weights match
     training on whole batches (up to float rounding: parts are padded to different lengths)."""
-    common = ["strategy.dropout=0", "strategy.batch_size=8", "precision=fp32", "strategy.max_grad_norm=1.0"]
-    weights = []
-    for m in (micro, "null"):
-        strategy = make(tiny_overrides, "finetune", *common, f"strategy.micro_batch_size={m}")
-        strategy.encoder.config.hidden_dropout_prob = 0.0  # the tiny BERT's own dropout modules stay at p
-        for mod in strategy.net.modules():
-            if isinstance(mod, torch.nn.Dropout):
-                mod.p = 0.0
-        strategy.fit(train_split)
-        weights.append({n: p.detach().clone() for n, p in strategy.net.named_parameters()})
+    weights = [fit_without_dropout(tiny_overrides, train_split, f"strategy.micro_batch_size={m}")
+               for m in (micro, "null")]
     for name, w in weights[0].items():
         torch.testing.assert_close(w, weights[1][name], rtol=1e-4, atol=1e-5, msg=name)
     assert make(tiny_overrides, "finetune").micro_batch_size == 4  # auto on CPU (encoder.AUTO_BATCH)
+
+
+def fit_without_dropout(tiny_overrides, train_split, *extra: str) -> dict[str, torch.Tensor]:
+    """finetune's trained weights, deterministic (dropout off, fp32), for comparing two ways of taking a step."""
+    common = ["strategy.dropout=0", "strategy.batch_size=8", "precision=fp32", "strategy.max_grad_norm=1.0"]
+    strategy = make(tiny_overrides, "finetune", *common, *extra)
+    strategy.encoder.config.hidden_dropout_prob = 0.0  # the tiny BERT's own dropout modules stay at p
+    for mod in strategy.net.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+    strategy.fit(train_split)
+    return {n: p.detach().clone() for n, p in strategy.net.named_parameters()}
+
+
+def test_fp16_loss_scaling_takes_the_same_steps(tiny_overrides, train_split, monkeypatch):
+    """fp16 training scales the loss (neural.grad_scaler); gradients must be unscaled before clipping and the
+    step. fp16 itself needs CUDA, so the scaler runs here on CPU in fp32 (scales are powers of 2: exact)."""
+    import strategies.finetune as finetune
+
+    reference = fit_without_dropout(tiny_overrides, train_split, "strategy.max_grad_norm=0.05")
+    scalers = []
+
+    def enabled(device, precision):
+        scalers.append(torch.amp.GradScaler(device.type, init_scale=2.0**12, growth_interval=1))
+        return scalers[-1]
+
+    monkeypatch.setattr(finetune, "grad_scaler", enabled)
+    scaled = fit_without_dropout(tiny_overrides, train_split, "strategy.max_grad_norm=0.05")
+    assert scalers and scalers[0].get_scale() > 2.0**12  # it was in use: the scale grew after clean steps
+    for name, w in reference.items():
+        torch.testing.assert_close(scaled[name], w, rtol=1e-4, atol=1e-6, msg=name)
 
 
 # ----------------------------------------------------------------------------- configuration errors
