@@ -237,8 +237,8 @@ def run_framework(a, folder: Path, texts: list[str], labels: np.ndarray, device,
     sync(device)
     total_s = time.perf_counter() - t0
     out = throughput(len(texts), marks[1] - marks[0], a.steps, flops_per_seq, peak, a.seq_len)
-    # Host work per step: fit pads each batch on the CPU (tokenizer.pad) and reads the loss every step
-    # (loss.item()), so the GPU can hide this only behind the optimiser step that is still queued.
+    # Host work per step: fit pads each batch on the CPU (tokenizer.pad). It never waits for the GPU inside
+    # an epoch (tests/test_gpu.py), so this overlaps with the GPU's work as long as it is shorter than a step.
     items = tokenize(strategy.tokenizer, texts[: a.batch_size], a.seq_len)
     t1 = time.perf_counter()
     for _ in range(5):
