@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import pandas as pd
@@ -16,8 +17,24 @@ import pandas as pd
 def load_model(model_uri: str, tracking_uri: str):
     import mlflow
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a screenful of bars per call
     mlflow.set_tracking_uri(tracking_uri)
     return mlflow.pyfunc.load_model(model_uri)
+
+
+def why_no_model(run_id: str, tracking_uri: str) -> str | None:
+    """The likely cause when a run's model cannot be loaded, if the run says so."""
+    import mlflow
+
+    try:
+        run = mlflow.MlflowClient(tracking_uri).get_run(run_id)
+    except Exception:  # no such run: MLflow's own message says so
+        return None
+    if run.data.params.get("log_model") == "False":
+        return f"run {run_id} was made with log_model=false, so it has no model: rerun its config with log_model=true"
+    if run.info.status != "FINISHED":
+        return f"run {run_id} is {run.info.status}: only a FINISHED run has a model"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = load_model(model_uri, args.tracking_uri)
     except Exception as e:  # mlflow raises several types for a missing run/model
-        p.exit(2, f"error: cannot load {model_uri} from {args.tracking_uri}: {str(e).splitlines()[0]}\n")
+        cause = (args.run_id and why_no_model(args.run_id, args.tracking_uri)) or str(e).splitlines()[0]
+        p.exit(2, f"error: cannot load {model_uri} from {args.tracking_uri}: {cause}\n")
     preds = model.predict(pd.DataFrame({"text": texts}))
     preds.insert(0, "text", texts)
     if args.output:

@@ -14,7 +14,7 @@ class TransferBenchModel(mlflow.pyfunc.PythonModel):
 
         self.strategy, self.label_names = load_bundle(context.artifacts["bundle"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # a "text" column (or the first)
         from experiments.bundle import predict_frame
 
         if isinstance(model_input, pd.DataFrame):

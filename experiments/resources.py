@@ -11,7 +11,7 @@ import torch
 
 class Measure:
     """with Measure() as m: ...  ->  m.seconds, m.peak_rss_mb (process RSS high-water mark during the block),
-    m.peak_cuda_mb (torch allocator peak, 0 without CUDA)."""
+    m.start_rss_mb (RSS when the block began), m.peak_cuda_mb (torch allocator peak, 0 without CUDA)."""
 
     def __init__(self, interval: float = 0.05):
         self.interval = interval
@@ -27,6 +27,7 @@ class Measure:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> Measure:
+        self.start_rss_mb = psutil.Process().memory_info().rss / 2**20
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         self._thread = threading.Thread(target=self._sample, daemon=True)

@@ -27,11 +27,12 @@ from strategies.encoder import set_threads
 from . import tracking
 from .bundle import build_strategy, save_bundle
 from .callbacks import read_parent
+from .config import BOOKKEEPING
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError, UserError
 from .metrics import confusion_figure, evaluate
 from .resources import Measure
-from .schema import validate
+from .schema import check_arguments, validate
 
 log = logging.getLogger("transfer_bench")
 OBJECTIVE = "objective_val_f1_macro"  # the metric run() returns to sweepers
@@ -73,6 +74,7 @@ def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked before the data and the weights load (about a second): the schema,
     then the strategy built from its config and checked against the model's config.json."""
     validate(cfg)
+    check_arguments(cfg.strategy)
     names = cfg.data.get("label_names")  # the real number of classes is known only once the data is read
     with strategy_errors(cfg):
         build_strategy(cfg.strategy, len(names) if names else 2).check()
@@ -116,10 +118,16 @@ def run_params(cfg: DictConfig) -> dict[str, str]:
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """Identity of a run's configuration (what a resumed run must match)."""
+    """Identity of a run's configuration (what skip_finished and a resumed run match): everything but
+    hydra's own settings and the BOOKKEEPING keys."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    for volatile in ("hydra", "resume"):
-        resolved.pop(volatile, None)
+    resolved.pop("hydra", None)
+    for key in BOOKKEEPING:
+        *parents, last = key.split(".")
+        node = resolved
+        for p in parents:
+            node = node.get(p) or {}
+        node.pop(last, None)
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -174,6 +182,14 @@ def _run(cfg: DictConfig) -> float | None:
     quiet_libraries()
     set_threads()
     check_config(cfg)  # a config that cannot work fails here, not after the data and weights have loaded
+    experiment_id = tracking.setup(cfg.tracking_uri, cfg.experiment_name)
+    sweep = _sweep_dir()
+    chash = config_hash(cfg)
+    if sweep is not None and cfg.get("skip_finished", True):  # before loading anything: skipping is instant
+        done = tracking.find_finished(experiment_id, chash)
+        if done is not None:  # a re-launched sweep continues where it stopped
+            log.info("skipping: run %s already FINISHED this exact config (skip_finished=false to rerun)", done.info.run_id)
+            return done.data.metrics.get(OBJECTIVE)  # same config, same result: a sweeper may count it
     seed_everything(int(cfg.seed))
     data: Dataset = load_dataset(cfg.data)
     seed_everything(int(cfg.seed))  # the strategy's initialisation must not depend on how data was read
@@ -181,14 +197,6 @@ def _run(cfg: DictConfig) -> float | None:
     names = data.label_names
     ckpt_dir, resume_id = checkpoint_folder(cfg)
     strategy.enable_checkpoints(ckpt_dir, int(cfg.get("checkpoint_every", 0)))
-    experiment_id = tracking.setup(cfg.tracking_uri, cfg.experiment_name)
-    sweep = _sweep_dir()
-    chash = config_hash(cfg)
-    if sweep is not None and cfg.get("skip_finished", True):
-        done = tracking.find_finished(experiment_id, chash)
-        if done is not None:  # a re-launched sweep continues where it stopped
-            log.info("skipping: run %s already FINISHED this exact config (skip_finished=false to rerun)", done.info.run_id)
-            return done.data.metrics.get(OBJECTIVE)  # same config, same result: a sweeper may count it
     model_tag = strategy.model_name or "none"
     tags = {
         "strategy": cfg.strategy.name,
@@ -205,14 +213,14 @@ def _run(cfg: DictConfig) -> float | None:
     log.info("run %s: train %d / val %d / test %d, %d classes", run_name, len(data.train), len(data.val),
              len(data.test), data.num_labels)
 
-    val_f1: dict[int, float] = {}  # epoch -> validation macro-F1
+    val_scores: dict[int, dict] = {}  # epoch -> validation accuracy, macro-F1, log-loss
 
     def on_epoch(epoch: int, scalars: dict, val_proba) -> None:
         metrics = {k: float(v) for k, v in scalars.items()}
         if val_proba is not None:
             val = evaluate(data.val.labels, val_proba, names, prefix="val_").scalars
-            metrics |= {k: val[k] for k in ("val_accuracy", "val_f1_macro", "val_log_loss")}
-            val_f1[epoch] = val["val_f1_macro"]
+            val_scores[epoch] = {k: val[k] for k in ("val_accuracy", "val_f1_macro", "val_log_loss")}
+            metrics |= val_scores[epoch]
         tracking.log_metrics(metrics, step=epoch)
         log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
@@ -251,24 +259,28 @@ def _run(cfg: DictConfig) -> float | None:
                 ) from e
             raise
         ev = evaluate(data.test.labels, proba, names)
-        counts = strategy.parameter_counts()
+        counts, info = strategy.parameter_counts(), strategy.info()
         summary = ev.scalars | {
             "trainable_params": counts["trainable"],
             "total_params": counts["total"],
             "trainable_fraction": counts["trainable"] / max(1, counts["total"]),
-            "train_time_s": fit_m.seconds,
+            # a resumed run adds the training time spent before the interruption (up to its last checkpoint)
+            "train_time_s": fit_m.seconds + float(info.get("train_time_before_resume_s", 0.0)),
             "inference_time_s": inf_m.seconds,
             "inference_examples_per_s": len(data.test) / max(inf_m.seconds, 1e-9),
             "peak_rss_mb": max(fit_m.peak_rss_mb, inf_m.peak_rss_mb),
+            # in a sweep's one process, RSS carries what earlier jobs left: the start shows how much
+            "rss_at_start_mb": fit_m.start_rss_mb,
             "peak_cuda_mb": max(fit_m.peak_cuda_mb, inf_m.peak_cuda_mb),
         }
-        # What a sweeper optimises: the validation score of the model that was kept (the best epoch when
-        # early stopping restored one, else the last). Never a test metric.
-        kept = strategy.info().get("best_epoch") or max(val_f1, default=None)
-        if kept in val_f1:
-            summary[OBJECTIVE] = val_f1[kept]
+        # The model that was kept (the best epoch when early stopping restored one, else the last): its
+        # validation scores, and what a sweeper optimises (its macro-F1). Never a test metric.
+        kept = info.get("best_epoch") or max(val_scores, default=None)
+        if kept in val_scores:
+            summary |= {"kept_epoch": kept} | {f"kept_{k}": v for k, v in val_scores[kept].items()}
+            summary[OBJECTIVE] = val_scores[kept]["val_f1_macro"]
         tracking.log_metrics(summary)
-        tracking.log_params({f"runtime.{k}": str(v) for k, v in strategy.info().items()})
+        tracking.log_params({f"runtime.{k}": str(v) for k, v in info.items()})
         tracking.log_text(ev.report_text, "classification_report.txt")
         tracking.log_dict(ev.report, "classification_report.json")
         tracking.log_figure(confusion_figure(ev.confusion, names, run_name), "confusion_matrix.png")
@@ -290,7 +302,7 @@ def _run(cfg: DictConfig) -> float | None:
     print(
         f"accuracy {summary['test_accuracy']:.4f}  macro-F1 {summary['test_f1_macro']:.4f}  "
         f"trainable {counts['trainable']:,} / {counts['total']:,} params  "
-        f"train {fit_m.seconds:.1f}s  inference {summary['inference_examples_per_s']:.1f} ex/s  "
+        f"train {summary['train_time_s']:.1f}s  inference {summary['inference_examples_per_s']:.1f} ex/s  "
         f"peak RSS {summary['peak_rss_mb']:.0f} MB"
     )
     return summary.get(OBJECTIVE)

@@ -5,15 +5,20 @@ each field's type (OmegaConf turns "1e-3" into a float and refuses "abc" for an 
 __post_init__ methods. validate() reports the first problem as one line naming the key and what it allows.
 
 - The model group is strategies.encoder.ModelSpec itself, so its checks live in one place.
-- The strategy and classifier groups stay free-form: each strategy's constructor is its own schema, and
-  Strategy.check() tests it against the model's config.json (the runner does both before the data loads).
+- The strategy and classifier groups stay free-form: each strategy's constructor is its own schema.
+  check_arguments() holds each strategy.* value to the constructor's type hints (epochs: int, layers:
+  Sequence[int], …), the constructor checks ranges, and Strategy.check() tests the rest against the model's
+  config.json (the runner does all three before the data loads).
 - Keys the schema does not know pass unchecked (Hydra has vetted their names), so a new key in conf/ never
   breaks a run; tests/test_reliability.py fails instead until the schema covers it.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +83,8 @@ class DataConfig:
             check_size(key, getattr(self, key))
         if not 0 <= self.max_dropped_fraction <= 1:
             raise ConfigError(f"data.max_dropped_fraction={self.max_dropped_fraction}: must be in [0, 1]")
+        if not (self.path or self.train_file or self.hf_name):  # e.g. data=files without data.train_file
+            raise ConfigError("no data source: set data.train_file (a file), data.path (a folder) or data.hf_name")
         if self.label_names is not None and len(set(self.label_names)) < 2:
             raise ConfigError(f"data.label_names={self.label_names}: needs at least 2 distinct names (or null)")
 
@@ -144,7 +151,7 @@ def _one_line(e: OmegaConfBaseException) -> str:
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError (one line: the key and what it allows) if cfg cannot make a valid run."""
     missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:  # e.g. data=files without data.train_file (its YAML says ???)
+    if missing:  # a key whose YAML says ??? and that nothing set
         raise ConfigError(f"{missing[0]} has no value (???): set it, e.g. {missing[0]}=...")
     try:
         OmegaConf.to_object(OmegaConf.merge(_schema(), cfg))  # to_object runs the __post_init__ checks
@@ -154,3 +161,58 @@ def validate(cfg: DictConfig) -> None:
         raise
     except ValueError as e:  # ModelSpec's checks (strategies do not know ConfigError)
         raise ConfigError(str(e)) from e
+
+
+# ----------------------------------------------------------------------------- strategy arguments
+def _matches(value, hint) -> bool:
+    """Whether a config value fits a constructor type hint; hints it cannot judge (Mapping, objects) pass."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (collections.abc.Sequence, list, tuple):
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return isinstance(value, (list, tuple)) and all(_matches(v, item) for v in value)
+    return True
+
+
+def _words(hint) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_words(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) in (collections.abc.Sequence, list, tuple):
+        return f"a list of {_words(typing.get_args(hint)[0]).removeprefix('a ')}s, e.g. [-1]"
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
+            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def constructor_hints(cls: type) -> dict[str, Any]:
+    """Type hints of cls.__init__ and of its bases' (a subclass passes **kwargs on to them)."""
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is not None and klass is not object:
+            try:
+                hints |= typing.get_type_hints(init)
+            except (NameError, TypeError):  # a hint this Python cannot evaluate: check nothing for it
+                continue
+    return hints
+
+
+def check_arguments(node: DictConfig, section: str = "strategy") -> None:
+    """Each value of a `_target_` config against its constructor's type hints: one line naming the key."""
+    from hydra.utils import get_class
+
+    hints = constructor_hints(get_class(node._target_))
+    values = OmegaConf.to_container(node, resolve=True)
+    for key, value in values.items():
+        if key in hints and not _matches(value, hints[key]):
+            raise ConfigError(f"{section}.{key}={show(value)}: must be {_words(hints[key])}")

@@ -30,6 +30,8 @@ class BaselineStrategy(Strategy):
         vectorizer, classifier = clone(_instantiate(vectorizer)), clone(_instantiate(classifier))
         if isinstance(getattr(vectorizer, "ngram_range", None), list):  # YAML has no tuples
             vectorizer.set_params(ngram_range=tuple(vectorizer.ngram_range))
+        sklearn_utils.check_params(vectorizer, "strategy.vectorizer")
+        sklearn_utils.check_params(classifier, "classifier")
         self.pipeline = Pipeline([("tfidf", vectorizer), ("clf", classifier)])
         self._fitted = False
 

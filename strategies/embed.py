@@ -26,6 +26,7 @@ class EmbedStrategy(EncoderStrategy):
             classifier = instantiate(classifier)
         if not hasattr(classifier, "fit"):
             raise ValueError(f"strategy.classifier must be a scikit-learn estimator, got {type(classifier).__name__}")
+        sklearn_utils.check_params(classifier, "classifier")
         # Scaling puts every feature on one footing: linear models and MLPs converge faster and their
         # regularisation strength means the same thing across encoders.
         steps = ([("scale", StandardScaler())] if scale else []) + [("clf", clone(classifier))]

@@ -9,6 +9,7 @@ own longest review."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,10 +32,10 @@ from .encoder import (
     tokenize,
 )
 from .neural import (
-    HEADS,
     ClassifierHead,
     EarlyStopping,
     EncoderStrategy,
+    check_head,
     check_loss,
     check_positive,
     grad_scaler,
@@ -78,8 +79,7 @@ class FineTuneStrategy(EncoderStrategy):
     ):
         super().__init__(num_labels, encoder, **encoder_kwargs)
         check_positive(epochs=epochs, lr=lr, batch_size=batch_size)
-        if head not in HEADS:
-            raise ValueError(f"strategy.head={head} is not one of {'|'.join(HEADS)}")
+        check_head(head, dropout, warmup_ratio)
         if head_lr is not None:
             check_positive(head_lr=head_lr)
         if trainable_layers is not None and trainable_layers < 0:
@@ -101,7 +101,7 @@ class FineTuneStrategy(EncoderStrategy):
         self._net: EncoderClassifier | None = None
         self._ckpt_dir: Path | None = None
         self._ckpt_every = 0
-        self.resumed_from_step = 0
+        self.resumed_from_step, self.train_time_before_resume_s = 0, 0.0
 
     # ------------------------------------------------------------------ building
     def prepare_encoder(self, encoder: nn.Module) -> nn.Module:
@@ -157,7 +157,8 @@ class FineTuneStrategy(EncoderStrategy):
         rng, stopper = numpy_rng(), EarlyStopping(self.early_stopping_patience)
         # Resumable state: with the batch order of the epoch replayed from the saved generator state and
         # the torch RNG (dropout) restored, a resumed run takes exactly the steps an uninterrupted one would.
-        pos = {"epoch": 1, "batch": 0, "step": 0, "total": 0.0}
+        pos = {"epoch": 1, "batch": 0, "step": 0, "total": 0.0, "seconds": 0.0}
+        t_fit = time.perf_counter()
         saved = checkpoint.load(self._ckpt_dir)
         if saved is not None:
             net.load_state_dict(saved["trainable"], strict=False)
@@ -168,7 +169,7 @@ class FineTuneStrategy(EncoderStrategy):
             pos = saved["pos"]
             rng.bit_generator.state = saved["epoch_rng"]
             torch.set_rng_state(saved["torch_rng"])
-            self.resumed_from_step = pos["step"]
+            self.resumed_from_step, self.train_time_before_resume_s = pos["step"], pos.get("seconds", 0.0)
         for epoch in range(pos["epoch"], self.epochs + 1):
             net.train()
             epoch_rng = rng.bit_generator.state  # replaying from here regenerates this epoch's batches
@@ -202,7 +203,8 @@ class FineTuneStrategy(EncoderStrategy):
                 if loss_check_due(self.device, pos["step"]):
                     check_loss(total, pos["step"])
                 if self._ckpt_every and pos["step"] % self._ckpt_every == 0:
-                    pos_now = {"epoch": epoch, "batch": b + 1, "step": pos["step"], "total": total.item()}
+                    pos_now = {"epoch": epoch, "batch": b + 1, "step": pos["step"], "total": total.item(),
+                               "seconds": self.train_time_before_resume_s + time.perf_counter() - t_fit}
                     checkpoint.save(self._ckpt_dir, {
                         "trainable": {n: p.detach().cpu() for n, p in trainable.items()},
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -233,7 +235,10 @@ class FineTuneStrategy(EncoderStrategy):
         return self._proba(tokenize(self.tokenizer, texts, self.spec.max_length))
 
     def info(self) -> dict:
-        return super().info() | ({"resumed_from_step": self.resumed_from_step} if self.resumed_from_step else {})
+        if not self.resumed_from_step:
+            return super().info()
+        return super().info() | {"resumed_from_step": self.resumed_from_step,
+                                 "train_time_before_resume_s": round(self.train_time_before_resume_s, 3)}
 
     def parameter_counts(self) -> dict[str, int]:
         trainable, total = count_parameters(self.net)

@@ -16,10 +16,10 @@ from torch import nn
 from .base import EpochCallback, Split, _no_callback
 from .encoder import count_parameters, to_device
 from .neural import (
-    HEADS,
     ClassifierHead,
     EarlyStopping,
     EncoderStrategy,
+    check_head,
     check_loss,
     check_positive,
     loss_check_due,
@@ -46,8 +46,7 @@ class FreezeStrategy(EncoderStrategy):
     ):
         super().__init__(num_labels, encoder, **encoder_kwargs)
         check_positive(epochs=epochs, lr=lr, batch_size=batch_size)
-        if head not in HEADS:
-            raise ValueError(f"strategy.head={head} is not one of {'|'.join(HEADS)}")
+        check_head(head, dropout, warmup_ratio)
         self.head_kind, self.hidden_size, self.dropout = head, hidden_size, dropout
         self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
         self.warmup_ratio, self.batch_size = warmup_ratio, batch_size

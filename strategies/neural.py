@@ -13,6 +13,7 @@ from torch import nn
 from .base import Strategy
 from .cache import FeatureCache, texts_digest, tokenizer_identity, weights_identity
 from .encoder import (
+    COMBINES,
     POOLINGS,
     ModelSpec,
     auto_batch_size,
@@ -32,6 +33,16 @@ def check_positive(**values) -> None:
     for key, value in values.items():
         if value is None or value <= 0:
             raise ValueError(f"strategy.{key}={value}: must be > 0")
+
+
+def check_head(head: str, dropout: float, warmup_ratio: float) -> None:
+    """The head and schedule settings freeze and finetune share."""
+    if head not in HEADS:
+        raise ValueError(f"strategy.head={head} is not one of {'|'.join(HEADS)}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"strategy.dropout={dropout}: must be in [0, 1)")
+    if not 0 <= warmup_ratio <= 1:
+        raise ValueError(f"strategy.warmup_ratio={warmup_ratio}: must be in [0, 1] (a fraction of the steps)")
 
 
 class ClassifierHead(nn.Module):
@@ -89,6 +100,8 @@ class EncoderStrategy(Strategy):
         self._cache_ids: dict | None = None
         if pooling not in POOLINGS:
             raise ValueError(f"strategy.pooling={pooling} is not one of {'|'.join(POOLINGS)}")
+        if combine not in COMBINES:
+            raise ValueError(f"strategy.combine={combine} is not one of {'|'.join(COMBINES)}")
         self.pooling, self.layers, self.combine = pooling, list(layers), combine
         self.device = resolve_device(device)
         self.encode_batch_size = auto_batch_size(encode_batch_size, "encode", self.device)

@@ -27,6 +27,19 @@ def proba(estimator, X, num_labels: int) -> np.ndarray:
     return p.astype(np.float32)
 
 
+def check_params(estimator, key: str) -> None:
+    """scikit-learn checks parameter values only inside fit() (for embed: after every text is encoded), so
+    check them when the strategy is built, which the runner does before anything loads."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    validate = getattr(estimator, "_validate_params", None)  # every built-in estimator since sklearn 1.2
+    if validate is not None:
+        try:
+            validate()
+        except InvalidParameterError as e:
+            raise ValueError(f"{key}: {e}") from None
+
+
 def learned_parameters(estimator) -> int:
     """Number of fitted numbers in an estimator (or a Pipeline): weights, biases, support vectors, tree nodes.
     Tree nodes count once each: a split is one learned threshold (plus the feature it tests)."""

@@ -175,6 +175,12 @@ def test_sweep_axes_become_groups_and_plots(store, tmp_path):
     explicit = compare.build_report("layer-probe", store[1], tmp_path / "pooled", group_by=["strategy"])
     assert explicit.table["runs"].tolist() == [6]
 
+    top = experiment(store, "top-level-axis")  # a top-level param as an axis reads name=value, not a bare value
+    for precision in ("fp32", "bf16"):
+        log_run(store, top, "embed", 0, 0.7, params={"precision": precision})
+    assert sorted(compare.build_report("top-level-axis", store[1], tmp_path / "top").table["group"]) == [
+        "embed · precision=bf16", "embed · precision=fp32"]
+
 
 def test_timings_leave_out_feature_cache_hits(store, tmp_path):
     exp = experiment(store, "cache")
@@ -183,13 +189,20 @@ def test_timings_leave_out_feature_cache_hits(store, tmp_path):
     log_run(store, exp, "embed", 1, 0.7, train_time_s=0.5, inference_examples_per_s=9000,
             params={"runtime.feature_cache": "hit"})
     log_run(store, exp, "freeze", 0, 0.6, train_time_s=0.4, params={"runtime.feature_cache": "hit"})
+    # rerun with bookkeeping changed (no cache, no skipping, other checkpoints): the same configuration
+    log_run(store, exp, "freeze", 1, 0.6, train_time_s=0.4, params={
+        "runtime.feature_cache": "hit", "cache": "false", "strategy.cache": "false", "skip_finished": "false",
+        "checkpoint_every": "7", "cache_dir": "/elsewhere"})
     report = compare.build_report("cache", store[1], tmp_path)
     t = report.table.set_index("strategy")
-    assert report.group_by == ["strategy"]  # hit/miss is an outcome, not a configuration
+    assert report.group_by == ["strategy"]  # hit/miss is an outcome, not a configuration; bookkeeping neither
+    assert t.loc["freeze", "runs"] == 2
+    # freeze is the fastest group, but only thanks to the cache: not on the train-time Pareto front
+    assert t.loc["embed", "pareto_time"] and not t.loc["freeze", "pareto_time"]
     assert t.loc["embed", "train_time_s_mean"] == 20.0 and t.loc["embed", "examples_per_s_mean"] == 50
     assert not t.loc["embed", "timing_cached"]
     assert t.loc["freeze", "train_time_s_mean"] == 0.4 and t.loc["freeze", "timing_cached"]
-    assert "| freeze | 1 | 0 | 0.6000 | 0.5900 | 1,000 | 0.4 * |" in report.markdown
+    assert "| freeze | 2 | 0,1 | 0.6000 ± 0.0000 | 0.5900 ± 0.0000 | 1,000 | 0.4 * | 100 * |  |" in report.markdown
 
 
 def test_cli_parent_run_children_only_and_artifacts(store, tmp_path, capsys):

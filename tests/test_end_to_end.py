@@ -189,3 +189,16 @@ def test_predict_cli_unknown_run(mlflow_store, capsys):
         main(["--run-id", "0" * 32, "--tracking-uri", mlflow_store.uri, "some text"])
     assert exit_info.value.code == 2
     assert "cannot load" in capsys.readouterr().err
+
+
+def test_predict_cli_run_without_a_model(mlflow_store, capsys):
+    from experiments import tracking
+    from experiments.predict import main
+
+    experiment_id = tracking.setup(mlflow_store.uri, "no-model")
+    with tracking.tracked_run(experiment_id, "no-model", {}) as active:
+        tracking.log_params({"log_model": "False"})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--run-id", active.info.run_id, "--tracking-uri", mlflow_store.uri, "some text"])
+    assert exit_info.value.code == 2
+    assert "made with log_model=false" in capsys.readouterr().err

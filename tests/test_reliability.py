@@ -77,6 +77,21 @@ STRATEGY_CASES = {
     "peft modules not in model": (["strategy=lora", "strategy.peft.target_modules=[nope]"], "does not fit model 'tiny'"),
     "fp16 on cpu": (["strategy=freeze", "precision=fp16"], "needs a CUDA GPU"),
     "peft and trainable_layers": (["strategy=lora", "strategy.trainable_layers=1"], "exclude each other"),
+    "unknown combine": (["strategy=freeze", "strategy.layers=[-2,-1]", "strategy.combine=sum"],
+                        "strategy.combine=sum is not one of concat|mean"),
+    "dropout over 1": (["strategy=freeze", "strategy.dropout=1.5"], "strategy.dropout=1.5: must be in [0, 1)"),
+    "warm-up beyond the run": (["strategy=finetune", "strategy.warmup_ratio=5"], "strategy.warmup_ratio=5"),
+    "classifier C <= 0": (["strategy=baseline", "classifier.C=-1"], "classifier: The 'C' parameter of LogisticRegression"),
+    "svm C = 0 (embed)": (["strategy=embed", "classifier=svm", "classifier.C=0"], "The 'C' parameter of LinearSVC"),
+    "vectorizer min_df": (["strategy=baseline", "strategy.vectorizer.min_df=-2"], "strategy.vectorizer: The 'min_df'"),
+    # the constructors' type hints (experiments.schema.check_arguments)
+    "lr not a number": (["strategy=finetune", "strategy.lr=abc"], "strategy.lr=abc: must be a number"),
+    "epochs not whole": (["strategy=finetune", "strategy.epochs=2.5"], "strategy.epochs=2.5: must be a whole number"),
+    "trainable_layers a word": (["strategy=partial", "strategy.trainable_layers=two"],
+                                "strategy.trainable_layers=two: must be a whole number or null"),
+    "layers not a list": (["strategy=embed", "strategy.layers=-1"], "strategy.layers=-1: must be a list of whole numbers"),
+    "flag a number": (["strategy=finetune", "strategy.gradient_checkpointing=3"],
+                      "strategy.gradient_checkpointing=3: must be true or false"),
 }
 
 SCHEMA_CASES = {
@@ -141,6 +156,10 @@ def test_bad_configs_fail_before_data_or_weights_load(name, tiny_overrides, in_s
     # a missing data folder too: the config's message must come first
     _assert_rejected(tiny_overrides + overrides + ["data.path=/nonexistent"], message, in_store, experiment, capsys)
     assert in_store.runs(experiment) == []  # no MLflow run at all
+
+
+def test_files_data_without_a_file(tiny_overrides, in_store, nothing_heavy_loads, capsys):
+    _assert_rejected(tiny_overrides + ["data=files"], "no data source: set data.train_file", in_store, "no-file", capsys)
 
 
 @pytest.mark.parametrize("name", [p for p in STRATEGY_PRESETS if p != "baseline"])
@@ -276,6 +295,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_overrides, mlflow_
     assert got == expected
     run_info = mlflow_store.client().get_run(run_id)
     assert int(run_info.data.params["runtime.resumed_from_step"]) >= 5
+    before = float(run_info.data.params["runtime.train_time_before_resume_s"])  # up to the checkpoint
+    assert 0 < before < run_info.data.metrics["train_time_s"]  # both parts of the training are counted
     assert not list(work.glob("checkpoints/*"))  # removed once FINISHED
 
 
@@ -304,6 +325,10 @@ def test_objective_is_the_validation_score_of_the_kept_epoch(tiny_overrides, in_
     best = int(r.data.params["runtime.best_epoch"])
     assert best < len(history) <= 12  # early stopping happened and kept an earlier epoch (else the test proves nothing)
     assert value == r.data.metrics["objective_val_f1_macro"] == history[best - 1] != history[-1]
+    # the kept model's validation scores sit beside the last epoch's (what val_* shows as latest)
+    assert r.data.metrics["kept_epoch"] == best and r.data.metrics["kept_val_f1_macro"] == value
+    losses = {m.step: m.value for m in MlflowClient().get_metric_history(r.info.run_id, "val_log_loss")}
+    assert r.data.metrics["kept_val_log_loss"] == losses[best] == min(losses.values())
 
 
 def test_overlong_param_values_are_truncated_not_fatal(in_store):
