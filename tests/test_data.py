@@ -295,6 +295,15 @@ def test_duplicates_between_train_and_test_are_counted(tmp_path):
     assert ds.notes.get("train_test_duplicate_texts", 0) == len(set(ds.train.texts) & {"text 0", "text 1"})
 
 
+def test_duplicates_between_train_and_validation_are_counted(tmp_path):
+    texts = [f"text {i % 20}" for i in range(40)]  # every text twice: the validation cut separates some pairs
+    write_jsonl(tmp_path / "train.jsonl", texts, ["a", "b"] * 20)
+    write_jsonl(tmp_path / "test.jsonl", ["fresh one", "fresh two"], ["a", "b"])
+    ds = load_dataset(data_cfg("data=files", "data.train_file=null", f"data.path={tmp_path}"))
+    shared = len(set(ds.train.texts) & set(ds.val.texts))
+    assert shared > 0 and ds.notes["train_val_duplicate_texts"] == shared
+
+
 # ----------------------------------------------------------------------------- real data
 @pytest.mark.slow
 @pytest.mark.skipif(not IMDB.is_dir(), reason=f"no IMDb copy at {IMDB}")
