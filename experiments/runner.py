@@ -304,6 +304,8 @@ def _run(cfg: DictConfig) -> float | None:
         f"trainable {counts['trainable']:,} / {counts['total']:,} params  "
         f"train {summary['train_time_s']:.1f}s  inference {summary['inference_examples_per_s']:.1f} ex/s  "
         f"peak RSS {summary['peak_rss_mb']:.0f} MB"
+        + ("  (encoder features read from the cache: the times leave encoding out)"
+           if info.get("feature_cache") in ("hit", "partial") else "")
     )
     return summary.get(OBJECTIVE)
 

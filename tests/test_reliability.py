@@ -346,3 +346,15 @@ def test_overlong_param_values_are_truncated_not_fatal(in_store):
     value = run.data.params["strategy.peft.target_modules"]
     assert len(value) <= MAX_PARAM_VAL_LENGTH and value.endswith("[truncated]")
     assert run.data.params["short"] == "ok"
+
+
+def test_a_finished_config_is_skipped_before_anything_loads(tiny_overrides, in_store, monkeypatch, tmp_path):
+    """A relaunched sweep skips finished jobs at once: no data, no tokenizer, no weights (bert-base takes
+    seconds to load), and cache or checkpoint settings do not make a finished config new."""
+    monkeypatch.setattr("experiments.runner._sweep_dir", lambda: tmp_path)  # as if a multirun job
+    overrides = tiny_overrides + ["strategy=freeze", "strategy.epochs=2", "log_model=false"] + in_store.overrides("skip")
+    first = run(compose(overrides))
+    for what in ("load_dataset", "make_strategy"):
+        monkeypatch.setattr(f"experiments.runner.{what}", lambda *a, **k: pytest.fail("loaded before skipping"))
+    assert run(compose(overrides + ["cache=false", "checkpoint_every=7"])) == first
+    assert len(in_store.runs("skip")) == 1
