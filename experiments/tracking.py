@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Iterator, Mapping
 from importlib import metadata
@@ -146,7 +147,17 @@ def log_inputs(frames: Mapping[str, tuple], name: str) -> None:
     """Each split as a dataset input of the run (digest = content hash), so the UI shows what was used."""
     for context, (df, source) in frames.items():
         ds = mlflow.data.from_pandas(df, source=source, targets="label", name=f"{name}-{context}")
-        mlflow.log_input(ds, context=context)
+        for attempt in range(5):
+            try:
+                mlflow.log_input(ds, context=context)
+                break
+            except mlflow.exceptions.MlflowException as e:
+                # Parallel sweep jobs log the same splits: MLflow checks whether the dataset exists, then
+                # inserts it, so two jobs can both insert and one fails. Once the other's insert is in, the
+                # retry finds it and only links it to this run.
+                if "UNIQUE constraint failed" not in str(e) or attempt == 4:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
 
 def log_model(bundle_dir: Path) -> None:

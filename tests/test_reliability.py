@@ -358,3 +358,28 @@ def test_a_finished_config_is_skipped_before_anything_loads(tiny_overrides, in_s
         monkeypatch.setattr(f"experiments.runner.{what}", lambda *a, **k: pytest.fail("loaded before skipping"))
     assert run(compose(overrides + ["cache=false", "checkpoint_every=7"])) == first
     assert len(in_store.runs("skip")) == 1
+
+
+def test_a_dataset_inserted_by_a_parallel_job_is_retried(in_store, monkeypatch):
+    """Two sweep jobs logging the same split race in MLflow (check, then insert): the loser retries."""
+    import mlflow
+    import pandas as pd
+
+    from experiments import tracking
+
+    real, calls = mlflow.log_input, []
+
+    def racing(ds, context=None, **kw):
+        calls.append(context)
+        if len(calls) == 1:  # what the SQL store raises when the other job inserted the dataset first
+            raise mlflow.exceptions.MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.digest")
+        return real(ds, context=context, **kw)
+
+    monkeypatch.setattr(mlflow, "log_input", racing)
+    experiment_id = tracking.setup(in_store.uri, "dataset-race")
+    frame = pd.DataFrame({"text": ["a", "b"], "label": ["x", "y"]})
+    with tracking.tracked_run(experiment_id, "race", {}) as active:
+        tracking.log_inputs({"training": (frame, None)}, "demo")
+    run = mlflow.MlflowClient(in_store.uri).get_run(active.info.run_id)
+    assert run.info.status == "FINISHED" and calls == ["training", "training"]
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["demo-training"]
