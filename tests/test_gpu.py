@@ -1,6 +1,7 @@
 """What only a CUDA GPU can show (skipped without one): the training loop keeps the GPU fed, and fp16 trains.
 
-Run on a GPU machine: python -m pytest -m gpu"""
+Run on a GPU machine: python -m pytest -m gpu. On this workplace's lent GPU (no hydra there), after
+`python benchmarks/bench_gpu.py --make-kit` here: PYTHONPATH=.cache/gpu-kit python3 -m pytest -m gpu -p no:cacheprovider"""
 
 import warnings
 
@@ -17,7 +18,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def cuda_strategy(tiny_overrides, name: str, *extra: str):
     torch.manual_seed(0)
-    cfg = compose([f"strategy={name}", *tiny_overrides, "device=cuda", "strategy.epochs=1", *extra])
+    epochs = [] if name == "embed" else ["strategy.epochs=1"]
+    cfg = compose([f"strategy={name}", *tiny_overrides, "device=cuda", "cache=false", *epochs, *extra])
     return build_strategy(cfg.strategy, NUM_LABELS)
 
 
@@ -42,15 +44,19 @@ def test_training_steps_do_not_wait_for_the_gpu(tiny_overrides):
     assert len(syncs) <= 6, [str(w.message) for w in syncs[:3]]  # 24 steps; a per-step sync would give >= 24
 
 
-@pytest.mark.parametrize("name", ["finetune", "freeze"])
-def test_fp16_trains_with_loss_scaling(name):
-    """precision=fp16 (what auto picks on GPUs without bf16, e.g. T4) learns the demo task with the packaged
-    MiniLM (on CPU in bf16, the same configs score finetune 0.806, freeze 0.75 on the 160 test reviews)."""
-    torch.manual_seed(0)
-    cfg = compose([f"strategy={name}", "device=cuda", "precision=fp16"])
-    strategy = build_strategy(cfg.strategy, NUM_LABELS)
-    test = demo_split(160, "test")
-    strategy.fit(demo_split(400))
-    proba = strategy.predict_proba(test.texts)
-    assert np.isfinite(proba).all()
-    assert (proba.argmax(1) == np.asarray(test.labels)).mean() >= 0.65
+def test_fp16_finetuning_learns_with_loss_scaling(tiny_overrides):
+    """precision=fp16 (what auto picks on GPUs without bf16, e.g. T4) trains: the tiny BERT memorises 64 demo
+    reviews (on CPU in bf16 the same config takes the train loss from 0.70 to 0.08 in 8 epochs)."""
+    strategy = cuda_strategy(tiny_overrides, "finetune", "precision=fp16", "strategy.epochs=8", "strategy.lr=3e-3")
+    losses = []
+    strategy.fit(demo_split(64), on_epoch=lambda epoch, scalars, val: losses.append(scalars["train_loss"]))
+    assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0], losses
+    assert np.isfinite(strategy.predict_proba(demo_split(16, offset=64).texts)).all()
+
+
+def test_fp16_features_match_fp32(tiny_overrides):
+    """freeze and embed encode in fp16 autocast on such GPUs: the features stay close to fp32's."""
+    texts = demo_split(32).texts
+    fp16, fp32 = (cuda_strategy(tiny_overrides, "embed", f"precision={p}").features(texts) for p in ("fp16", "fp32"))
+    cos = (fp16 * fp32).sum(1) / np.linalg.norm(fp16, axis=1) / np.linalg.norm(fp32, axis=1)
+    assert np.isfinite(fp16).all() and cos.min() > 0.999
