@@ -49,6 +49,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in multiple ways.*")
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
+    # fp16 loss scaling skips the first step(s) while it finds its scale; the schedule still advances
+    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
 
 
 def seed_everything(seed: int) -> None:

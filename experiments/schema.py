@@ -211,7 +211,12 @@ def check_arguments(node: DictConfig, section: str = "strategy") -> None:
     """Each value of a `_target_` config against its constructor's type hints: one line naming the key."""
     from hydra.utils import get_class
 
-    hints = constructor_hints(get_class(node._target_))
+    try:
+        cls = get_class(node._target_)
+    except Exception as e:  # ImportError, AttributeError, … from a mistyped path
+        cause = (e.__cause__ or e).__class__.__name__ + ": " + str(e.__cause__ or e).splitlines()[0]
+        raise ConfigError(f"{section}._target_={node._target_}: cannot import it ({cause})") from None
+    hints = constructor_hints(cls)
     values = OmegaConf.to_container(node, resolve=True)
     for key, value in values.items():
         if key in hints and not _matches(value, hints[key]):

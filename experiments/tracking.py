@@ -143,6 +143,10 @@ def log_table(df, path: str) -> None:
         mlflow.log_artifact(str(file), str(Path(path).parent) if Path(path).parent != Path(".") else None)
 
 
+# A unique-key violation as SQLite, PostgreSQL and MySQL word it (MLflow passes the driver's message on)
+DUPLICATE_KEY = ("UNIQUE constraint failed", "duplicate key value violates unique constraint", "Duplicate entry")
+
+
 def log_inputs(frames: Mapping[str, tuple], name: str) -> None:
     """Each split as a dataset input of the run (digest = content hash), so the UI shows what was used."""
     for context, (df, source) in frames.items():
@@ -155,7 +159,7 @@ def log_inputs(frames: Mapping[str, tuple], name: str) -> None:
                 # Parallel sweep jobs log the same splits: MLflow checks whether the dataset exists, then
                 # inserts it, so two jobs can both insert and one fails. Once the other's insert is in, the
                 # retry finds it and only links it to this run.
-                if "UNIQUE constraint failed" not in str(e) or attempt == 4:
+                if not any(m in str(e) for m in DUPLICATE_KEY) or attempt == 4:
                     raise
                 time.sleep(0.1 * (attempt + 1))
 

@@ -219,7 +219,8 @@ def collate(tokenizer, items: Sequence[dict], device: torch.device) -> dict[str,
     reviews truncated at max_length) goes without attention_mask. Then SDPA may take its fastest kernel (flash
     attention takes no mask), and transformers does not read a mask's values on the GPU (a host sync)."""
     batch = tokenizer.pad(list(items), return_tensors="pt")
-    if bool(batch["attention_mask"].all()):  # still on the host: free to read
+    mask = batch.get("attention_mask")
+    if mask is not None and bool(mask.all()):  # still on the host: free to read
         del batch["attention_mask"]
     return {k: to_device(v, device) for k, v in batch.items()}
 
@@ -305,15 +306,25 @@ def extract_features(
     lengths = [len(x["input_ids"]) for x in items]
     if not items:
         raise ValueError("no texts to encode")
-    order, parts = [], []
+    out: np.ndarray | None = None
+    on_device: torch.Tensor | None = None  # GPU: rows in batch order, copied to the host once at the end
+    order, done = [], 0
     for idx in length_batches(lengths, batch_size):
         batch = collate(tokenizer, [items[i] for i in idx], device)
         with autocast(device, precision):
-            parts.append(forward_features(model, batch, layers, pooling, combine).float())
-        order.append(idx)
-    # One copy to the host at the end: a .cpu() per batch would make the CPU wait for the GPU every batch.
-    out = np.empty((len(items), parts[0].shape[1]), dtype=np.float32)
-    out[np.concatenate(order)] = torch.cat(parts).cpu().numpy()
+            feats = forward_features(model, batch, layers, pooling, combine).float()
+        if out is None:
+            out = np.empty((len(items), feats.shape[1]), dtype=np.float32)
+        if device.type == "cpu":
+            out[idx] = feats.numpy()  # copied now: no batch's hidden states outlive it (cls is a view of them)
+        else:  # a .cpu() per batch would make the CPU wait for the GPU every batch
+            if on_device is None:
+                on_device = torch.empty((len(items), feats.shape[1]), dtype=torch.float32, device=device)
+            on_device[done : done + len(idx)] = feats
+            order.append(idx)
+            done += len(idx)
+    if on_device is not None:
+        out[np.concatenate(order)] = on_device.cpu().numpy()
     return out
 
 

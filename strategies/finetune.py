@@ -164,11 +164,14 @@ class FineTuneStrategy(EncoderStrategy):
             net.load_state_dict(saved["trainable"], strict=False)
             opt.load_state_dict(saved["optimizer"])
             sched.load_state_dict(saved["scheduler"])
-            scaler.load_state_dict(saved["scaler"])
+            if saved.get("scaler"):  # empty when saved without fp16 (e.g. resumed on a GPU where auto = fp16)
+                scaler.load_state_dict(saved["scaler"])
             stopper.__dict__.update(saved["stopper"])
             pos = saved["pos"]
             rng.bit_generator.state = saved["epoch_rng"]
             torch.set_rng_state(saved["torch_rng"])
+            if saved.get("cuda_rng") and torch.cuda.is_available():  # dropout on a GPU draws from these
+                torch.cuda.set_rng_state_all(saved["cuda_rng"])
             self.resumed_from_step, self.train_time_before_resume_s = pos["step"], pos.get("seconds", 0.0)
         for epoch in range(pos["epoch"], self.epochs + 1):
             net.train()
@@ -203,6 +206,7 @@ class FineTuneStrategy(EncoderStrategy):
                 if loss_check_due(self.device, pos["step"]):
                     check_loss(total, pos["step"])
                 if self._ckpt_every and pos["step"] % self._ckpt_every == 0:
+                    check_loss(total, pos["step"])  # never checkpoint NaN weights (this reads total anyway)
                     pos_now = {"epoch": epoch, "batch": b + 1, "step": pos["step"], "total": total.item(),
                                "seconds": self.train_time_before_resume_s + time.perf_counter() - t_fit}
                     checkpoint.save(self._ckpt_dir, {
@@ -210,6 +214,7 @@ class FineTuneStrategy(EncoderStrategy):
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "scaler": scaler.state_dict(), "stopper": dict(stopper.__dict__), "pos": pos_now,
                         "epoch_rng": epoch_rng, "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     })
             check_loss(total, pos["step"])
             val_proba = self._proba(val_items) if val_items is not None else None

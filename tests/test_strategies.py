@@ -8,7 +8,7 @@ import torch
 from conftest import STRATEGY_PRESETS, compose, demo_split, preset_has
 
 from experiments.bundle import build_strategy
-from strategies.encoder import _cpu_has_bf16, extract_features, length_batches
+from strategies.encoder import _cpu_has_bf16, collate, extract_features, length_batches, tokenize
 from strategies.freeze import FreezeStrategy
 
 NUM_LABELS = 2
@@ -391,7 +391,10 @@ def test_extract_features_keeps_input_order(pooling, tiny_overrides):
     batched = extract_features(model, tok, TEXTS, batch_size=3, **kwargs)  # several length-sorted batches
     alone = np.concatenate([extract_features(model, tok, [t], batch_size=1, **kwargs) for t in TEXTS])
     assert batched.shape == (len(TEXTS), 32)
-    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    np.testing.assert_allclose(batched, alone, atol=1e-5)  # a text alone goes without mask (see collate)
+    items = tokenize(tok, TEXTS, 64)
+    assert "attention_mask" not in collate(tok, items[:1], torch.device("cpu"))
+    assert "attention_mask" in collate(tok, items, torch.device("cpu"))  # TEXTS differ in length
     assert len({row.tobytes() for row in batched}) == len(TEXTS)  # distinct texts, distinct rows
 
 
