@@ -74,7 +74,8 @@ class Strategy(ABC):
         """Restore what save wrote, on a strategy built from the same config."""
 
     def info(self) -> dict:
-        """Facts worth logging that only the strategy knows (device, precision, …)."""
+        """Facts worth logging that only the strategy knows (device, precision, …). `time_saved_s`: seconds
+        of work skipped so far by reusing stored results (the runner logs uncached time estimates from it)."""
         return {}
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -78,11 +79,13 @@ def tokenizer_identity(tokenizer) -> str:
 
 
 class FeatureCache:
-    """One folder of `<key>.npy` files; counts its hits and misses for the run's log."""
+    """One folder of `<key>.npy` files, each with a `<key>.json` saying how long computing it took; counts
+    hits and misses, and the computing time the hits saved, for the run's log."""
 
     def __init__(self, directory: str | os.PathLike):
         self.dir = Path(directory).expanduser()
         self.hits = self.misses = 0
+        self.saved_s = 0.0  # what the hits' features took to compute when they were stored
 
     @staticmethod
     def key(parts: Mapping) -> str:
@@ -106,22 +109,33 @@ class FeatureCache:
             return None
         return feats
 
-    def store(self, key: str, feats: np.ndarray) -> None:
-        """Atomic write; a cache that cannot be written (read-only, full) only costs speed, never the run."""
+    def _write(self, key: str, target: Path, write: Callable) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{key[:16]}-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())  # the data is on disk before the name points at it
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def store(self, key: str, feats: np.ndarray, seconds: float) -> None:
+        """Atomic writes; a cache that cannot be written (read-only, full) only costs speed, never the run."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{key[:16]}-", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.save(f, feats, allow_pickle=False)
-                    f.flush()
-                    os.fsync(f.fileno())  # the data is on disk before the name points at it
-                os.replace(tmp, self.path(key))
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            meta = json.dumps({"seconds": seconds, "rows": len(feats)}).encode()
+            self._write(key, self.path(key), lambda f: np.save(f, feats, allow_pickle=False))
+            self._write(key, self.path(key).with_suffix(".json"), lambda f: f.write(meta))  # read when hit
         except OSError as e:
             log.warning("feature cache: cannot write to %s (%s); continuing without it", self.dir, e)
+
+    def compute_seconds(self, key: str) -> float:
+        try:
+            return float(json.loads(self.path(key).with_suffix(".json").read_text())["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):  # written by an older version: unknown
+            return 0.0
 
     def get(self, parts: Mapping, rows: int, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """The stored features for this key, or compute() them and store them."""
@@ -129,11 +143,13 @@ class FeatureCache:
         feats = self.load(key, rows)
         if feats is not None:
             self.hits += 1
+            self.saved_s += self.compute_seconds(key)
             log.info("feature cache hit: %d texts (%s)", rows, self.path(key))
             return feats
         self.misses += 1
+        t0 = time.perf_counter()
         feats = compute()
-        self.store(key, feats)
+        self.store(key, feats, time.perf_counter() - t0)
         log.info("feature cache miss: %d texts encoded and stored (%s)", rows, self.path(key))
         return feats
 
@@ -143,4 +159,5 @@ class FeatureCache:
             state = "unused"
         else:
             state = "hit" if not self.misses else "miss" if not self.hits else "partial"
-        return {"feature_cache": state, "feature_cache_hits": self.hits, "feature_cache_misses": self.misses}
+        return {"feature_cache": state, "feature_cache_hits": self.hits, "feature_cache_misses": self.misses,
+                "time_saved_s": round(self.saved_s, 3)}

@@ -3,6 +3,7 @@ are atomic, cache=false turns it off — and bf16 features give the same predict
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -62,6 +63,10 @@ def test_second_identical_run_does_no_encoding(name, tiny_copy, tmp_path, encode
     again = fit_predict(second)
     assert not encoder_forwards, f"{len(encoder_forwards)} encoder forward calls on a cache hit"
     assert second.info()["feature_cache"] == "hit" and second.info()["feature_cache_hits"] == 3
+    # what the hits saved: the first run's encoding time, stored beside each entry
+    stored = sum(json.loads(p.read_text())["seconds"] for p in (tmp_path / "cache").glob("*.json"))
+    assert first.info()["time_saved_s"] == 0 and stored > 0
+    assert second.info()["time_saved_s"] == pytest.approx(stored, abs=2e-3)
     np.testing.assert_allclose(again, proba, atol=1e-6)
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
 
@@ -138,7 +143,7 @@ def test_concurrent_writes_never_expose_a_partial_file(tmp_path):
 
     def write(fill: float):
         for _ in range(15):
-            cache.store(key, np.full(shape, fill, dtype=np.float32))
+            cache.store(key, np.full(shape, fill, dtype=np.float32), 1.0)
 
     def read():
         while not done.is_set():
@@ -159,7 +164,7 @@ def test_concurrent_writes_never_expose_a_partial_file(tmp_path):
     reader.join()
     assert not errors, f"partial or mixed reads: {errors[:3]}"
     assert seen <= {1.0, 2.0} and seen
-    assert [p.name for p in tmp_path.iterdir()] == [f"{key}.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{key}.json", f"{key}.npy"]  # no temporary files left
 
 
 def test_failed_write_leaves_nothing_and_does_not_fail_the_run(tmp_path, monkeypatch):
@@ -170,7 +175,7 @@ def test_failed_write_leaves_nothing_and_does_not_fail_the_run(tmp_path, monkeyp
         raise OSError("disk full")
 
     monkeypatch.setattr(np, "save", broken_save)
-    cache.store("k" * 64, np.ones((3, 2), dtype=np.float32))
+    cache.store("k" * 64, np.ones((3, 2), dtype=np.float32), 1.0)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -218,6 +223,11 @@ def test_the_run_logs_whether_it_hit_the_cache(tiny_copy, tmp_path, in_store):
         assert len(runs) == i + 1
         states.append(runs[0].data.params["runtime.feature_cache"])  # newest first
     assert states == ["miss", "hit"]
+    miss, hit = runs[1].data.metrics, runs[0].data.metrics
+    assert "train_time_uncached_s" not in miss  # it paid for its encoding: its times are the cost
+    # the hit's estimate adds the encoding the miss measured (train + val in fit, test at inference)
+    assert hit["train_time_uncached_s"] > hit["train_time_s"]
+    assert hit["inference_examples_per_s_uncached"] < hit["inference_examples_per_s"]
 
 
 # ----------------------------------------------------------------------------- bf16 vs fp32
