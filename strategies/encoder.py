@@ -270,11 +270,21 @@ def check_layers(layers: Sequence[int], num_layers: int) -> list[int]:
     return list(layers)
 
 
+def sdpa_ready(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The padding mask in the form SDPA takes, (batch, 1, 1, length) booleans. Given the usual 2-d mask,
+    transformers first asks whether it masks anything at all (a read of GPU memory: a host sync per forward)
+    before building this itself; a 4-d mask it passes on as it is. Other attention kernels keep the 2-d mask."""
+    mask = batch.get("attention_mask")
+    if mask is None or mask.ndim != 2 or getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return batch
+    return batch | {"attention_mask": mask[:, None, None, :].bool()}
+
+
 def forward_features(
     model, batch: dict[str, torch.Tensor], layers: Sequence[int], pooling: str, combine: str
 ) -> torch.Tensor:
     only_last = list(layers) == [-1]
-    out = model(**batch, output_hidden_states=not only_last)
+    out = model(**sdpa_ready(model, batch), output_hidden_states=not only_last)
     states = [out.last_hidden_state] if only_last else [out.hidden_states[i] for i in layers]
     pooled = [pool(h, batch.get("attention_mask"), pooling) for h in states]
     if len(pooled) == 1:
