@@ -302,12 +302,12 @@ def load_dataset(cfg: Mapping) -> Dataset:
     )
     # IMDb itself has 123 texts in both train and test, and a few inside train that the validation cut may
     # separate: worth knowing (validation and test scores are that much optimistic), not worth refusing.
-    train_texts_set = set(ds.train.texts)
-    for a, b, split in (("train", "test", ds.test), ("train", "val", ds.val)):
-        overlap = len(train_texts_set & set(split.texts))
+    in_train = set(ds.train.texts)
+    for name, split in (("test", ds.test), ("val", ds.val)):
+        overlap = len(in_train & set(split.texts))
         if overlap:
-            ds.notes[f"{a}_{b}_duplicate_texts"] = overlap
-            log.warning("%d texts occur in both %s and %s (logged as data_%s_%s_duplicate_texts)", overlap, a, b, a, b)
+            ds.notes[f"train_{name}_duplicate_texts"] = overlap
+            log.warning("%d texts occur in both train and %s (logged as data_train_%s_duplicate_texts)", overlap, name, name)
     if not math.isfinite(len(ds.train)) or len(ds.train) == 0:
         raise DataError("no training examples left after splitting; raise data.train_size")
     return ds
