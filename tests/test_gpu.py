@@ -1,7 +1,9 @@
 """What only a CUDA GPU can show (skipped without one): the training loop keeps the GPU fed, and fp16 trains.
 
-Run on a GPU machine: python -m pytest -m gpu. On this workplace's lent GPU (no hydra there), after
-`python benchmarks/bench_gpu.py --make-kit` here: PYTHONPATH=.cache/gpu-kit python3 -m pytest -m gpu -p no:cacheprovider"""
+Run on a GPU machine: python -m pytest tests/test_gpu.py tests/test_bench_gpu.py. Name the files: `-m gpu` alone
+imports every test module first, and some need packages (optuna, hypothesis, scipy) a bare GPU box may lack.
+On an offline GPU machine without hydra, after `python benchmarks/bench_gpu.py --make-kit` on a machine that
+has it: PYTHONPATH=.cache/gpu-kit python3 -m pytest tests/test_gpu.py tests/test_bench_gpu.py -p no:cacheprovider"""
 
 import warnings
 
