@@ -1,7 +1,9 @@
 """finetune: the encoder learns too. One class covers three presets (conf/strategy/):
 - full fine-tuning (trainable_layers: null),
 - partial fine-tuning (trainable_layers: k — the top k blocks and the head train, the rest stays frozen),
-- parameter-efficient fine-tuning (peft: any peft config with a _target_, e.g. LoRA in lora.yaml).
+- parameter-efficient fine-tuning (peft: any peft config with a _target_, e.g. LoRA in lora.yaml),
+- bias-only training (train_only: bias — BitFit, bitfit.yaml),
+each optionally with ULMFiT's layer-wise learning rates and gradual unfreezing (layerwise.py, ulmfit.yaml).
 
 Training is a plain loop (AdamW, warm-up + linear decay, gradient clipping, autocast) over length-bucketed,
 dynamically padded batches: shorter than the HF Trainer and faster, since no batch is padded beyond its
@@ -18,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, layerwise
 from .base import EpochCallback, Split, _no_callback
 from .encoder import (
     auto_batch_size,
@@ -75,6 +77,9 @@ class FineTuneStrategy(EncoderStrategy):
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
         early_stopping_patience: int | None = None,
+        layer_lr_decay: float | None = None,
+        gradual_unfreeze: bool = False,
+        train_only: str | None = None,
         **encoder_kwargs,
     ):
         super().__init__(num_labels, encoder, **encoder_kwargs)
@@ -86,6 +91,13 @@ class FineTuneStrategy(EncoderStrategy):
             raise ValueError(f"strategy.trainable_layers={trainable_layers}: must be null (all) or >= 0")
         if peft is not None and trainable_layers is not None:
             raise ValueError("strategy.peft and strategy.trainable_layers exclude each other; set one to null")
+        layerwise.check_layerwise(layer_lr_decay)
+        if train_only not in (None, "bias"):
+            raise ValueError(f"strategy.train_only={train_only}: must be null (all weights) or bias (BitFit)")
+        if train_only is not None and peft is not None:
+            raise ValueError("strategy.train_only and strategy.peft exclude each other (the peft config decides "
+                             "what trains, e.g. its bias field); set one to null")
+        self.layer_lr_decay, self.gradual_unfreeze, self.train_only = layer_lr_decay, gradual_unfreeze, train_only
         if isinstance(peft, dict):  # built without Hydra's recursive instantiation
             from hydra.utils import instantiate
 
@@ -124,6 +136,9 @@ class FineTuneStrategy(EncoderStrategy):
             encoder.requires_grad_(False)
             for block in blocks[len(blocks) - self.trainable_layers :]:
                 block.requires_grad_(True)
+        if self.train_only == "bias":  # BitFit (Ben Zaken et al. 2022): of what may train, only bias terms
+            for name, p in encoder.named_parameters():
+                p.requires_grad_(p.requires_grad and name.rsplit(".", 1)[-1] == "bias")
         return encoder
 
     @property
@@ -145,16 +160,14 @@ class FineTuneStrategy(EncoderStrategy):
         val_items = tokenize(tok, val.texts, self.spec.max_length) if val is not None else None
         steps_per_epoch = -(-len(items) // self.batch_size)
         opt, sched = make_optimizer(
-            [
-                {"params": net.encoder.parameters(), "lr": self.lr},
-                {"params": net.head.parameters(), "lr": self.head_lr or self.lr},
-            ],
+            layerwise.param_groups(net.encoder, net.head, self.lr, self.head_lr or self.lr, self.layer_lr_decay),
             weight_decay=self.weight_decay, total_steps=steps_per_epoch * self.epochs,
             warmup_ratio=self.warmup_ratio,
         )
         trainable = {n: p for n, p in net.named_parameters() if p.requires_grad}
         scaler = grad_scaler(self.device, self.precision)
-        rng, stopper = numpy_rng(), EarlyStopping(self.early_stopping_patience)
+        rng, stopper = numpy_rng(), EarlyStopping(self.early_stopping_patience, keep=set(trainable))
+        may_train = {id(p) for p in trainable.values()}  # what gradual unfreezing opens, block by block
         # Resumable state: with the batch order of the epoch replayed from the saved generator state and
         # the torch RNG (dropout) restored, a resumed run takes exactly the steps an uninterrupted one would.
         pos = {"epoch": 1, "batch": 0, "step": 0, "total": 0.0, "seconds": 0.0}
@@ -175,6 +188,8 @@ class FineTuneStrategy(EncoderStrategy):
             self.resumed_from_step, self.train_time_before_resume_s = pos["step"], pos.get("seconds", 0.0)
         for epoch in range(pos["epoch"], self.epochs + 1):
             net.train()
+            if self.gradual_unfreeze:
+                layerwise.unfreeze(net.encoder, may_train, epoch)
             epoch_rng = rng.bit_generator.state  # replaying from here regenerates this epoch's batches
             batches = list(length_batches(lengths, self.batch_size, shuffle=True, rng=rng))
             first, total = (pos["batch"], pos["total"]) if epoch == pos["epoch"] else (0, 0.0)
@@ -262,4 +277,6 @@ class FineTuneStrategy(EncoderStrategy):
         if missing:
             raise ValueError(f"saved weights do not match this strategy config: unexpected {sorted(missing)[:5]}")
         self.net.load_state_dict(state, strict=False)
+        for name, p in self.net.named_parameters():  # what trained (gradual unfreezing may stop short of all)
+            p.requires_grad_(name in state)
         self.net.eval()

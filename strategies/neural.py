@@ -231,10 +231,13 @@ class EarlyStopping:
     """Stops after `patience` epochs without a lower validation log-loss and restores the best epoch's
     trainable weights. Only the validation split drives it — the test split is never seen in training."""
 
-    def __init__(self, patience: int | None):
+    def __init__(self, patience: int | None, keep: set[str] | None = None):
         if patience is not None and patience < 1:
             raise ValueError(f"strategy.early_stopping_patience={patience}: must be null or >= 1")
         self.patience, self.best, self.best_epoch, self.bad = patience, math.inf, 0, 0
+        # names of the tensors training may change; None = those with requires_grad at each snapshot (a fixed
+        # set matters under gradual unfreezing: a block unfrozen after the best epoch must be restored too)
+        self.keep = keep
         self._state: dict[str, torch.Tensor] | None = None
 
     def step(self, module: nn.Module, epoch: int, val_proba: np.ndarray | None, val_labels) -> bool:
@@ -245,7 +248,7 @@ class EarlyStopping:
         loss = float(-np.log(p).mean())
         if loss < self.best - 1e-6:
             self.best, self.best_epoch, self.bad = loss, epoch, 0
-            keep = {n for n, p in module.named_parameters() if p.requires_grad}
+            keep = self.keep or {n for n, p in module.named_parameters() if p.requires_grad}
             self._state = {k: v.detach().clone() for k, v in module.state_dict().items()
                            if k in keep or k.endswith(("shift", "scale"))}
             return False
