@@ -2,6 +2,7 @@
 
     python -m experiments.predict --run-id <RUN_ID> "A moving, beautifully acted film." "Two hours I want back."
     python -m experiments.predict --run-id <RUN_ID> --file reviews.txt --output preds.csv   # one text per line
+    python -m experiments.predict --run-id <RUN_ID> --file test.csv --text-column review    # a table's text column
     echo "great fun" | python -m experiments.predict --run-id <RUN_ID>
 """
 
@@ -10,8 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import pandas as pd
+
+TABLES = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 def load_model(model_uri: str, tracking_uri: str):
@@ -27,14 +31,46 @@ def why_no_model(run_id: str, tracking_uri: str) -> str | None:
     import mlflow
 
     try:
-        run = mlflow.MlflowClient(tracking_uri).get_run(run_id)
+        client = mlflow.MlflowClient(tracking_uri)
+        run = client.get_run(run_id)
     except Exception:  # no such run: MLflow's own message says so
         return None
+    if run.data.tags.get("sweep") == "parent":
+        children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'",
+                                      max_results=5, order_by=["attributes.start_time ASC"])
+        listed = ", ".join(f"{c.info.run_id} ({c.info.run_name})" for c in children) or "none yet"
+        return (f"run {run_id} is a sweep's parent run, which holds no model; use one of its child runs, "
+                f"e.g. {listed} (all of them: the parent's row in the MLflow UI)")
     if run.data.params.get("log_model") == "False":
         return f"run {run_id} was made with log_model=false, so it has no model: rerun its config with log_model=true"
     if run.info.status != "FINISHED":
         return f"run {run_id} is {run.info.status}: only a FINISHED run has a model"
     return None
+
+
+def read_texts(path: str, text_column: str) -> list[str]:
+    """A .txt file holds one text per line; a table (CSV/TSV/JSON/JSONL/parquet) gives its text column.
+    Anything else is refused: read line by line, a CSV's header and label column would become texts."""
+    file, suffix = Path(path), Path(path).suffix.lower()
+    if not file.is_file():
+        raise ValueError(f"--file {path}: no such file")
+    if suffix in ("", ".txt"):
+        with open(file, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+    if suffix not in TABLES:
+        raise ValueError(f"--file {path}: unsupported type '{suffix}'; use .txt (one text per line) or "
+                         f"a table ({', '.join(TABLES)}) with --text-column")
+    from experiments.data import read_table  # the reader runs use, with its one-line errors
+    from experiments.errors import DataError
+
+    try:
+        table = read_table(file)
+    except DataError as e:
+        raise ValueError(str(e)) from None
+    if text_column not in table.columns:
+        raise ValueError(f"--file {path}: no column '{text_column}'; pick one with --text-column "
+                         f"(the columns are: {', '.join(map(str, table.columns))})")
+    return [t for t in table[text_column].astype(str).tolist() if t.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,14 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--run-id", help="MLflow run whose logged model to use")
     src.add_argument("--model-uri", help="any MLflow model URI, e.g. runs:/<id>/model or models:/<name>/1")
     p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow store (default: %(default)s)")
-    p.add_argument("--file", help="text file with one input per line (default: the arguments, else stdin)")
+    p.add_argument("--file", help="a .txt file with one text per line, or a CSV/TSV/JSONL/parquet table "
+                   "(see --text-column); default: the arguments, else stdin")
+    p.add_argument("--text-column", default="text", help="the text column of a table --file (default: %(default)s)")
     p.add_argument("--output", help="write predictions as CSV here instead of printing them")
     p.add_argument("texts", nargs="*", help="texts to classify")
     args = p.parse_args(argv)
 
     if args.file:
-        with open(args.file, encoding="utf-8") as f:
-            texts = [line.rstrip("\n") for line in f if line.strip()]
+        try:
+            texts = read_texts(args.file, args.text_column)
+        except ValueError as e:
+            p.exit(2, f"error: {e}\n")
     else:
         texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:

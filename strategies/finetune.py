@@ -114,6 +114,7 @@ class FineTuneStrategy(EncoderStrategy):
         self._ckpt_dir: Path | None = None
         self._ckpt_every = 0
         self.resumed_from_step, self.train_time_before_resume_s = 0, 0.0
+        self._trained = False  # the head is random until fit() or load(): predicting from it is an error
 
     # ------------------------------------------------------------------ building
     def prepare_encoder(self, encoder: nn.Module) -> nn.Module:
@@ -238,6 +239,7 @@ class FineTuneStrategy(EncoderStrategy):
                 break
         stopper.restore(net)
         self.best_epoch = stopper.best_epoch
+        self._trained = True
 
     @torch.inference_mode()
     def _proba(self, items: list[dict]) -> np.ndarray:
@@ -252,6 +254,8 @@ class FineTuneStrategy(EncoderStrategy):
         return out
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if not self._trained:
+            raise RuntimeError("call fit() or load() before predict_proba()")
         return self._proba(tokenize(self.tokenizer, texts, self.spec.max_length))
 
     def info(self) -> dict:
@@ -280,3 +284,4 @@ class FineTuneStrategy(EncoderStrategy):
         for name, p in self.net.named_parameters():  # what trained (gradual unfreezing may stop short of all)
             p.requires_grad_(name in state)
         self.net.eval()
+        self._trained = True

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, RUN_PY, STRATEGY_PRESETS, preset_has, subprocess_env
+from sklearn.metrics import f1_score
 
 # Small splits keep each run to seconds; the ~5-10 s of every subprocess is imports.
 DATA = ["data.train_size=80", "data.test_size=40"]
@@ -83,7 +84,11 @@ def test_run_py_logs_a_complete_run(name, preset_run, pyfunc_store, tmp_path):
     metrics = run.data.metrics
     missing = [m for m in SUMMARY_METRICS if m not in metrics]
     assert not missing, f"missing metrics {missing}"
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and 0.0 <= metrics["test_f1_macro"] <= 1.0
+    if not preset_has(name, "encoder"):
+        # Learns from the demo texts themselves (TF-IDF): clearly above chance (0.5) on the 40 test texts
+        # (0.75 measured). The presets with an encoder start here from the tests' random tiny BERT, so
+        # for them the checks below (predictions, metrics and the logged model agree) are what can fail.
+        assert metrics["test_accuracy"] >= 0.65 and metrics["test_f1_macro"] >= 0.65
     assert 0 < metrics["trainable_params"] <= metrics["total_params"]
     assert metrics["train_time_s"] > 0 and metrics["peak_rss_mb"] > 50
     assert (metrics["data_train_size"], metrics["data_val_size"], metrics["data_test_size"]) == (80, 16, 40)
@@ -114,6 +119,8 @@ def test_run_py_logs_a_complete_run(name, preset_run, pyfunc_store, tmp_path):
     assert len(preds) == 40 and set(preds.true) <= LABELS and set(preds.pred) <= LABELS
     np.testing.assert_allclose(preds[["prob_negative", "prob_positive"]].sum(axis=1), 1.0, atol=1e-4)
     assert metrics["test_accuracy"] == pytest.approx((preds.true == preds.pred).mean())
+    assert metrics["test_f1_macro"] == pytest.approx(f1_score(preds.true, preds.pred, average="macro"))
+    assert preds.true.value_counts().to_dict() == {"negative": 20, "positive": 20}  # the stratified test cut
 
     contexts = {
         tag.value
@@ -138,7 +145,7 @@ def test_freeze_run_counts_only_the_head(preset_run, mlflow_store):
     assert run.data.metrics["trainable_params"] == 32 * 2 + 2
 
 
-def test_multirun_sweep(mlflow_store, tiny_overrides):
+def test_multirun_sweep(mlflow_store, tiny_overrides, capsys):
     experiment = "e2e-sweep"
     run_py(
         mlflow_store,
@@ -149,17 +156,20 @@ def test_multirun_sweep(mlflow_store, tiny_overrides):
     assert all(r.info.status == "FINISHED" for r in runs)
     jobs = [r for r in runs if "test_accuracy" in r.data.metrics]
     assert len(jobs) == 4
-    # anything else in the experiment may only be the sweep's parent run, with the 4 jobs as its children
-    others = {r.info.run_id for r in runs} - {r.info.run_id for r in jobs}
-    assert len(others) <= 1
-    if others:
-        assert {r.data.tags.get("mlflow.parentRunId") for r in jobs} == others
+    # the rest of the experiment is exactly one run: the sweep's parent, with the 4 jobs as its children
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    assert len(parents) == 1 and len(runs) == 5
+    assert {r.data.tags.get("mlflow.parentRunId") for r in jobs} == {parents[0].info.run_id}
     runs = jobs
     assert sorted((r.data.tags["strategy"], r.data.tags["seed"]) for r in runs) == [
         ("baseline", "0"), ("baseline", "1"), ("embed", "0"), ("embed", "1"),
     ]
     # every job is scored on the same examples: the split seed is not the training seed
     assert len({r.data.tags["data_fingerprint"] for r in runs}) == 1
+    # predict on the parent (it has no model) says so and names child runs
+    code, _, err = _predict(["--run-id", parents[0].info.run_id, "--tracking-uri", mlflow_store.uri, "x"], capsys)
+    assert code == 2 and "is a sweep's parent run" in err
+    assert any(r.info.run_id in err for r in jobs), err
 
 
 def test_predict_cli_prints_labels(preset_run, mlflow_store, capsys, restore_sys_path, tmp_path):
@@ -202,3 +212,61 @@ def test_predict_cli_run_without_a_model(mlflow_store, capsys):
         main(["--run-id", active.info.run_id, "--tracking-uri", mlflow_store.uri, "some text"])
     assert exit_info.value.code == 2
     assert "made with log_model=false" in capsys.readouterr().err
+
+
+def _predict(args: list[str], capsys) -> tuple[int, str, str]:
+    from experiments.predict import main
+
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_predict_cli_reads_a_text_file_and_standard_input(preset_run, mlflow_store, capsys, monkeypatch,
+                                                          restore_sys_path, tmp_path):
+    import io
+
+    run_id, _ = preset_run("baseline")
+    model = ["--run-id", run_id, "--tracking-uri", mlflow_store.uri]
+    texts = ["A moving, beautifully acted film.", "Two hours I want back.", "Dull, and far too long."]
+    txt = tmp_path / "reviews.txt"
+    txt.write_text(texts[0] + "\n\n" + "\n".join(texts[1:]) + "\n", encoding="utf-8")  # blank lines skipped
+    out = tmp_path / "from_file.csv"
+    assert _predict([*model, "--file", str(txt), "--output", str(out)], capsys)[0] == 0
+    from_file = pd.read_csv(out)
+    assert from_file.text.tolist() == texts and set(from_file.label) <= LABELS
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(texts) + "\n"))
+    out = tmp_path / "from_stdin.csv"
+    assert _predict([*model, "--output", str(out)], capsys)[0] == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out), from_file)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_predict_cli_reads_the_text_column_of_a_table(suffix, preset_run, mlflow_store, capsys,
+                                                      restore_sys_path, tmp_path):
+    run_id, _ = preset_run("baseline")
+    model = ["--run-id", run_id, "--tracking-uri", mlflow_store.uri]
+    table = pd.DataFrame({"review": ["A moving, beautifully acted film.", "Two hours I want back."],
+                          "stars": ["great", "terrible"]})
+    path = tmp_path / f"test{suffix}"
+    {".csv": lambda: table.to_csv(path, index=False), ".parquet": lambda: table.to_parquet(path),
+     ".jsonl": lambda: table.to_json(path, orient="records", lines=True)}[suffix]()
+    out = tmp_path / "preds.csv"
+    code, _, _ = _predict([*model, "--file", str(path), "--text-column", "review", "--output", str(out)], capsys)
+    assert code == 0
+    assert pd.read_csv(out).text.tolist() == table.review.tolist()  # no header, no label column as texts
+
+    code, _, err = _predict([*model, "--file", str(path)], capsys)  # the default column 'text' is not there
+    assert code == 2 and "no column 'text'; pick one with --text-column (the columns are: review, stars)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_predict_cli_refuses_an_unknown_file_type(mlflow_store, capsys, tmp_path):
+    path = tmp_path / "reviews.xlsx"
+    path.write_bytes(b"PK")
+    code, _, err = _predict(["--run-id", "0" * 32, "--tracking-uri", mlflow_store.uri, "--file", str(path)], capsys)
+    assert code == 2 and "unsupported type '.xlsx'" in err and len(err.strip().splitlines()) == 1
