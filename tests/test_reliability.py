@@ -179,7 +179,7 @@ def test_schema_knows_every_key_in_conf():
     """Keys the schema does not know pass unchecked (a new key must not break runs): this test is the
     reminder to add them to experiments/schema.py."""
     for data in ("demo", "imdb", "files"):
-        for model in ("minilm", "bert-base"):
+        for model in ("minilm", "bert-base", "mpnet"):
             cfg = compose([f"data={data}", f"model={model}"])
             assert set(cfg) <= {f.name for f in fields(RunConfig)}
             assert set(cfg.data) <= {f.name for f in fields(DataConfig)}, data
