@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from .schema import check_size
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MIN_CLASS_COUNT = 5  # data.min_class_count's default (conf/data/demo.yaml)
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json"}
 
 
@@ -60,13 +62,27 @@ class Dataset:
 
 
 # ----------------------------------------------------------------------------- reading
+def launch_dir() -> Path:
+    """The directory the user launched from: Hydra's original cwd (a job may run elsewhere with
+    hydra.job.chdir=true), else the current directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+
 def resolve_path(path: str | Path) -> Path:
     """Relative paths are tried from the launch directory first, then from the project root (so that
-    `data.path=data/demo` works wherever run.py is launched from)."""
+    `data.path=data/demo` works wherever run.py is launched from). A path found in neither is reported
+    as the user wrote it, from the launch directory."""
     p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
+    if p.is_absolute():
         return p
-    return PROJECT_ROOT / p
+    for base in (launch_dir(), PROJECT_ROOT):
+        if (base / p).exists():
+            return base / p
+    return launch_dir() / p
 
 
 def _find_split_file(folder: Path, split: str) -> Path | None:
@@ -82,7 +98,7 @@ def read_table(path: Path) -> pd.DataFrame:
     from datasets import load_dataset
 
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist; check data.path / data.train_file")
+        raise DataError(f"data file {path} does not exist; check data.train_file / data.test_file")
     builder = FORMATS.get(path.suffix.lower())
     if builder is None:
         raise DataError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(FORMATS)}")
@@ -186,8 +202,25 @@ def _label_key(value):
     return str(value).strip()
 
 
-def encode_labels(train_raw: list, test_raw: list, names_cfg) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def check_rare_labels(train_keys: list, min_count: int) -> None:
+    """A class seen only a handful of times in train is most likely a typo ("grate" for "great"): as a
+    class of its own it would be left out of stratification and score an empty row in the report."""
+    counts = Counter(train_keys)
+    rare = sorted(((n, k) for k, n in counts.items() if n < min_count), key=lambda r: (r[0], str(r[1])))
+    if rare:
+        n, k = rare[0]
+        more = f" (and {len(rare) - 1} more rare label(s))" if len(rare) > 1 else ""
+        raise DataError(
+            f"training label {k!r} occurs in only {n} row(s) of {len(train_keys)}{more}: fix it in the data, "
+            f"or keep it as a class with data.min_class_count={n}"
+        )
+
+
+def encode_labels(
+    train_raw: list, test_raw: list, names_cfg, min_count: int = 1
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     train_keys = [_label_key(v) for v in train_raw]
+    check_rare_labels(train_keys, min_count)
     test_keys = [_label_key(v) for v in test_raw]
     kinds = {type(k) for k in train_keys + test_keys}
     if kinds == {int}:
@@ -265,7 +298,9 @@ def load_dataset(cfg: Mapping) -> Dataset:
         test_texts, test_raw = _clean(*_columns(test_df, cfg, "test"), "test", notes, max_drop)
     else:
         test_texts, test_raw = [], []
-    y_train, y_test, names = encode_labels(train_raw, test_raw, cfg.get("label_names"))
+    y_train, y_test, names = encode_labels(
+        train_raw, test_raw, cfg.get("label_names"), int(cfg.get("min_class_count", MIN_CLASS_COUNT))
+    )
 
     if test_df is None:  # no test split shipped: hold one out of train, once, before anything else
         n_test = _count(cfg.get("test_fraction", 0.2), len(train_texts), "test_fraction")

@@ -77,12 +77,15 @@ class DataConfig:
     test_fraction: Any = 0.2
     split_seed: int = 0
     max_dropped_fraction: float = 0.1
+    min_class_count: int = 5
 
     def __post_init__(self):
         for key in SIZES:
             check_size(key, getattr(self, key))
         if not 0 <= self.max_dropped_fraction <= 1:
             raise ConfigError(f"data.max_dropped_fraction={self.max_dropped_fraction}: must be in [0, 1]")
+        if self.min_class_count < 1:
+            raise ConfigError(f"data.min_class_count={self.min_class_count}: must be >= 1 (1 = accept any class)")
         if not (self.path or self.train_file or self.hf_name):  # e.g. data=files without data.train_file
             raise ConfigError("no data source: set data.train_file (a file), data.path (a folder) or data.hf_name")
         if self.label_names is not None and len(set(self.label_names)) < 2:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import IMDB, compose, read_demo
+from conftest import IMDB, REPO, compose, read_demo
 
 from experiments.data import DataError, load_dataset
 from experiments.errors import ConfigError
@@ -317,3 +317,43 @@ def test_imdb_local_copy():
     assert not set(ds.train.texts) & set(ds.val.texts)
     assert ds.sources["train"].endswith("train.parquet") and ds.sources["test"].endswith("test.parquet")
     assert min(len(t) for t in ds.train.texts) > 20
+
+
+# ----------------------------------------------------------------------------- a user's own CSV
+def stars_csv(path: Path, typo_rows: int = 1) -> Path:
+    """A 4-class training file with `typo_rows` rows labelled "grate" (a typo for "great")."""
+    labels = [("terrible", "bad", "good", "great")[i % 4] for i in range(80)]
+    labels[3 : 3 + 4 * typo_rows : 4] = ["grate"] * typo_rows
+    pd.DataFrame({"review": [f"review {i}" for i in range(80)], "stars": labels}).to_csv(path, index=False)
+    return path
+
+
+def test_a_rare_training_label_stops_the_run_in_one_line(tmp_path):
+    cfg = ("data=files", f"data.train_file={stars_csv(tmp_path / 'stars.csv')}", "data.text_column=review",
+           "data.label_column=stars")
+    with pytest.raises(DataError) as e:
+        load_dataset(data_cfg(*cfg))
+    assert str(e.value) == ("training label 'grate' occurs in only 1 row(s) of 80: fix it in the data, "
+                            "or keep it as a class with data.min_class_count=1")
+    ds = load_dataset(data_cfg(*cfg, "data.min_class_count=1"))  # the documented override keeps it
+    assert ds.label_names == ["bad", "good", "grate", "great", "terrible"]
+
+
+def test_min_class_count_is_bookkeeping():
+    from experiments.runner import config_hash
+
+    assert config_hash(compose([])) == config_hash(compose(["data.min_class_count=1"]))
+
+
+def test_relative_paths_resolve_from_the_launch_directory(tmp_path, monkeypatch):
+    launch = tmp_path / "launch"
+    launch.mkdir()
+    unique_dataset(launch)
+    monkeypatch.chdir(launch)
+    ds = load_dataset(data_cfg("data=files", "data.train_file=train.jsonl", "data.test_file=test.jsonl"))
+    assert ds.sources["train"] == str(launch / "train.jsonl")
+    with pytest.raises(DataError) as e:  # a typo is reported where the user looked, not in the project
+        load_dataset(data_cfg("data=files", "data.train_file=trian.jsonl"))
+    assert str(e.value).startswith(f"data file {launch / 'trian.jsonl'} does not exist")
+    ds = load_dataset(data_cfg("data=demo"))  # data/demo is not here: the project's copy
+    assert ds.sources["train"] == str(REPO / "data" / "demo" / "train.jsonl")

@@ -58,6 +58,10 @@ def _bad_data(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "train_size too large": (files + ["data.train_size=1000"], "exceed"),
         "test_size too large": (files + ["data.test_size=500"], "exceeds the"),
         "val_size not a size": (files + ["data.val_size=1.5"], "data.val_size=1.5"),
+        "rare label (a typo)": (
+            ["data=files", f"data.train_file={_csv(tmp / 'typo.csv', 'text,label' + chr(10) + GOOD_ROWS + 'one more,gerat' + chr(10))}"],
+            "training label 'gerat' occurs in only 1 row(s) of 41: fix it in the data, or keep it as a class with data.min_class_count=1",
+        ),
         "label_names too short": (["data=imdb", "data.path=data/demo", "data.label_names=[a]"], "data.label_names"),
     }
     return cases
@@ -107,6 +111,7 @@ SCHEMA_CASES = {
     "dropped fraction over 1": (["data.max_dropped_fraction=2"], "data.max_dropped_fraction=2.0: must be in [0, 1]"),
     "sha256 not hex": (["model.sha256=xyz"], "model.sha256=xyz: must be 64 hex digits"),
     "null text column": (["data.text_column=null"], "data.text_column=null: must not be null"),
+    "min_class_count 0": (["data.min_class_count=0"], "data.min_class_count=0: must be >= 1"),
     "one label name": (["data.label_names=[a]"], "data.label_names=['a']: needs at least 2"),
     "strategy class not found": (["strategy._target_=strategies.nope.Nope"],
                                  "strategy._target_=strategies.nope.Nope: cannot import it"),
