@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -51,6 +52,24 @@ class SweepSummary(Callback):
             )
         (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": run.info.run_id}))
         log.info("sweep parent MLflow run %s in experiment '%s'", run.info.run_id, config.experiment_name)
+        # Hydra calls no callback when the sweep itself stops (an override that does not compose for some
+        # job, Ctrl-C): the parent would stay RUNNING. Unless on_multirun_end ran, end it FAILED at exit.
+        self._open_parent = (config.tracking_uri, config.experiment_name, run.info.run_id)
+        atexit.register(self._fail_open_parent)
+
+    def _fail_open_parent(self) -> None:
+        if getattr(self, "_open_parent", None) is None:
+            return
+        from . import tracking
+
+        uri, experiment, run_id = self._open_parent
+        self._open_parent = None
+        try:
+            client, _ = tracking.client_for(uri, experiment)
+            client.set_tag(run_id, "sweep_stopped", "the sweep stopped before its jobs ended (see its error output)")
+            client.set_terminated(run_id, status="FAILED")
+        except Exception as e:  # noqa: BLE001 — at exit, a store problem is reported, never raised
+            log.warning("could not mark the sweep's parent run %s FAILED: %s", run_id, e)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         from . import tracking
@@ -67,6 +86,7 @@ class SweepSummary(Callback):
             if failures:
                 client.log_text(parent, path.read_text(encoding="utf-8"), "failures.jsonl")
             client.set_terminated(parent, status="FAILED" if failures else "FINISHED")
+            self._open_parent = None  # ended here, with its real status
         if not failures:
             log.info("sweep finished: no job failed")
             return
@@ -97,5 +117,7 @@ class SweepSummary(Callback):
         try:
             report = build_report(config.experiment_name, config.tracking_uri, sweep_dir / "report", parent_run_id=parent)
             print(report.markdown)
+            print(f"comparison report: {report.out_dir}/comparison.md (also under report/ in the parent MLflow "
+                  f"run {parent})")
         except Exception as e:  # noqa: BLE001
             log.warning("no comparison report for this sweep: %s", e)

@@ -14,6 +14,7 @@ BOOKKEEPING = (
     "tracking_uri", "experiment_name", "skip_finished", "sweep_report", "resume", "checkpoint_every",
     "checkpoint_dir", "cache", "cache_dir", "strategy.cache", "strategy.cache_dir", "progress",
     "strategy.progress", "data.min_class_count",
+    "epochs",  # +epochs=N (mixed sweeps): its effect is in strategy.epochs, which stays in the identity
 )
 
 

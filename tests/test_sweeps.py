@@ -98,3 +98,32 @@ def test_parallel_joblib_sweep_loses_no_run(tmp_path, mlflow_store):
     children = [r for r in mlflow_store.runs("joblib") if r.data.tags.get("sweep") != "parent"]
     assert sorted(r.info.status for r in children) == ["FINISHED"] * 8
     assert sorted(int(r.data.params["seed"]) for r in children) == list(range(8))
+
+
+def _launch(cwd, *args):
+    return subprocess.run([sys.executable, str(RUN_PY), "-m", *args], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_a_sweep_that_cannot_launch_ends_its_parent_failed(tmp_path, mlflow_store):
+    """`strategy.epochs=1` does not compose for baseline (it has no epochs): Hydra stops the sweep before
+    any job, and the parent run must not stay RUNNING."""
+    out = _launch(tmp_path, "strategy=baseline,freeze", "strategy.epochs=1", *mlflow_store.overrides("no-launch"))
+    assert out.returncode != 0 and "Could not override 'strategy.epochs'" in out.stderr
+    runs = mlflow_store.runs("no-launch")
+    assert [(r.data.tags.get("sweep"), r.info.status) for r in runs] == [("parent", "FAILED")]
+
+
+def test_a_mixed_sweep_sets_epochs_where_a_strategy_has_them(tmp_path, mlflow_store, tiny_overrides):
+    """The README's idiom: +epochs=N reaches every preset with epochs, and leaves the others alone."""
+    out = _launch(tmp_path, "strategy=baseline,freeze", "+epochs=2", "log_model=false", "data.train_size=60",
+                  *tiny_overrides, *mlflow_store.overrides("mixed"))
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert "comparison report: " in out.stdout
+    runs = mlflow_store.runs("mixed")
+    assert [r.info.status for r in runs] == ["FINISHED"] * 3
+    children = {r.data.tags["strategy"]: r for r in runs if r.data.tags.get("sweep") != "parent"}
+    assert children["freeze"].data.params["strategy.epochs"] == "2"
+    assert "strategy.epochs" not in children["baseline"].data.params
+    history = mlflow_store.client().get_metric_history(children["freeze"].info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1, 2]
