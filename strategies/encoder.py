@@ -301,15 +301,28 @@ def sdpa_ready(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     mask = batch.get("attention_mask")
     if mask is None or mask.ndim != 2 or getattr(model.config, "_attn_implementation", None) != "sdpa":
         return batch
+    if prompt_learning(model):  # peft prepends the prompt's columns to a 2-d mask itself
+        return batch
     return batch | {"attention_mask": mask[:, None, None, :].bool()}
+
+
+def prompt_learning(model) -> bool:
+    """A peft prompt-learning wrapper (prompt, prefix or p-tuning): virtual tokens the text never had."""
+    return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
 
 
 def forward_features(
     model, batch: dict[str, torch.Tensor], layers: Sequence[int], pooling: str, combine: str
 ) -> torch.Tensor:
     only_last = list(layers) == [-1]
+    if prompt_learning(model):  # peft drops token types there (with a warning per call site)
+        batch = {k: v for k, v in batch.items() if k != "token_type_ids"}
     out = model(**sdpa_ready(model, batch), output_hidden_states=not only_last)
     states = [out.last_hidden_state] if only_last else [out.hidden_states[i] for i in layers]
+    # Prompt tuning prepends its virtual tokens to the hidden states: pool the text's own positions (the
+    # prompt acts through attention), so cls is still [CLS] and the mask lines up.
+    length = batch["input_ids"].shape[1]
+    states = [h[:, -length:] for h in states]
     pooled = [pool(h, batch.get("attention_mask"), pooling) for h in states]
     if len(pooled) == 1:
         return pooled[0]

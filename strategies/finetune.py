@@ -47,6 +47,17 @@ from .neural import (
 )
 
 
+def check_prompt_length(model: nn.Module, spec) -> None:
+    """Prompt and prefix tuning put their virtual tokens before the text: they take positions too."""
+    cfg = getattr(model, "active_peft_config", None)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if getattr(cfg, "is_prompt_learning", False) and limit and cfg.num_virtual_tokens + spec.max_length > limit:
+        raise ValueError(
+            f"strategy.peft.num_virtual_tokens={cfg.num_virtual_tokens} + model.max_length={spec.max_length} "
+            f"exceed the {limit} positions of '{spec.name}'; lower one of them"
+        )
+
+
 class EncoderClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, head: ClassifierHead, layers, pooling: str, combine: str):
         super().__init__()
@@ -125,9 +136,11 @@ class FineTuneStrategy(EncoderStrategy):
             from peft import get_peft_model
 
             try:
-                return get_peft_model(encoder, self.peft_config)
+                wrapped = get_peft_model(encoder, self.peft_config)
             except ValueError as e:  # e.g. target modules that this architecture does not have
                 raise ValueError(f"strategy.peft does not fit model '{self.spec.name}': {e}") from e
+            check_prompt_length(wrapped, self.spec)
+            return wrapped
         if self.trainable_layers is not None:
             blocks = encoder_layers(encoder)
             if self.trainable_layers > len(blocks):
