@@ -30,6 +30,7 @@ from .encoder import (
     encoder_layers,
     forward_features,
     length_batches,
+    max_tokens,
     to_device,
     tokenize,
 )
@@ -50,7 +51,7 @@ from .neural import (
 def check_prompt_length(model: nn.Module, spec) -> None:
     """Prompt and prefix tuning put their virtual tokens before the text: they take positions too."""
     cfg = getattr(model, "active_peft_config", None)
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = max_tokens(model.get_base_model()) if cfg is not None else None
     if getattr(cfg, "is_prompt_learning", False) and limit and cfg.num_virtual_tokens + spec.max_length > limit:
         raise ValueError(
             f"strategy.peft.num_virtual_tokens={cfg.num_virtual_tokens} + model.max_length={spec.max_length} "
