@@ -30,7 +30,13 @@ class SweepSummary(Callback):
     after failures, so scripts notice — the other jobs still ran to the end."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
+        from strategies import distributed
+
         from . import tracking
+
+        if distributed.launched():  # every rank would run the whole sweep and make its own parent run
+            raise SystemExit("error: torchrun runs one run (no -m); launch each sweep job with torchrun, or "
+                             "sweep with hydra/launcher=slurm|ray_cluster")
 
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)

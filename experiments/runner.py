@@ -22,6 +22,7 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from strategies import distributed as ddp
 from strategies.encoder import set_threads
 
 from . import tracking
@@ -133,9 +134,13 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def checkpoint_path(cfg: DictConfig) -> Path:
+    return Path(cfg.get("checkpoint_dir", "checkpoints")).expanduser() / config_hash(cfg)
+
+
 def checkpoint_folder(cfg: DictConfig) -> tuple[Path, str | None]:
     """(folder for this config's resumable state, MLflow run id to continue or None)."""
-    folder = Path(cfg.get("checkpoint_dir", "checkpoints")).expanduser() / config_hash(cfg)
+    folder = checkpoint_path(cfg)
     meta = folder / "run.json"
     if cfg.get("resume", False):
         if meta.is_file():
@@ -174,9 +179,25 @@ def run(cfg: DictConfig) -> float | None:
         log.error("job %s failed: %s", job.num, record["error"], exc_info=not isinstance(e, UserError))
         return None
     finally:
+        ddp.teardown()
         gc.collect()  # a sweep runs its jobs in one process: free each job's model before the next
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _follow(cfg: DictConfig) -> None:
+    """A rank other than 0 under torchrun: with the same seeds, data and strategy as rank 0 it takes its share
+    of training and evaluation, in step with rank 0. It never touches MLflow or the checkpoint folder (rank 0
+    reads the checkpoint and sends it) and reports nothing."""
+    logging.getLogger().setLevel(logging.WARNING)  # one copy of the progress lines: rank 0's
+    seed_everything(int(cfg.seed))
+    data: Dataset = load_dataset(cfg.data)
+    seed_everything(int(cfg.seed))
+    strategy = make_strategy(cfg, data.num_labels)
+    strategy.enable_checkpoints(checkpoint_path(cfg), int(cfg.get("checkpoint_every", 0)))
+    strategy.fit(data.train, data.val)
+    strategy.predict_proba(data.test.texts)
+    return None
 
 
 def _run(cfg: DictConfig) -> float | None:
@@ -184,6 +205,9 @@ def _run(cfg: DictConfig) -> float | None:
     quiet_libraries()
     set_threads()
     check_config(cfg)  # a config that cannot work fails here, not after the data and weights have loaded
+    ddp.setup(cfg.get("device", "auto"))  # under torchrun: join the process group (nothing otherwise)
+    if not ddp.is_main():
+        return _follow(cfg)
     experiment_id = tracking.setup(cfg.tracking_uri, cfg.experiment_name)
     sweep = _sweep_dir()
     chash = config_hash(cfg)
@@ -207,6 +231,7 @@ def _run(cfg: DictConfig) -> float | None:
         "seed": str(cfg.seed),
         "data_fingerprint": data.fingerprint(),
         "config_hash": chash,
+        "distributed_backend": ddp.backend(),  # gloo | nccl under torchrun, none for a plain run
     } | tracking.environment_tags()
     parent = read_parent(sweep) if sweep is not None else None
     if parent is not None:
@@ -243,7 +268,8 @@ def _run(cfg: DictConfig) -> float | None:
         else:
             log.info("resuming MLflow run %s from %s", resume_id, ckpt_dir)
         tracking.log_metrics(
-            {"data_train_size": len(data.train), "data_val_size": len(data.val), "data_test_size": len(data.test)}
+            {"data_train_size": len(data.train), "data_val_size": len(data.val), "data_test_size": len(data.test),
+             "world_size": ddp.world_size()}  # processes that trained together (torchrun); 1 = plain run
             | {f"data_{k}": v for k, v in data.notes.items()}
         )
 

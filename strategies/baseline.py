@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
+from . import distributed as ddp
 from . import sklearn_utils
 from .base import EpochCallback, Split, Strategy, _no_callback
 
@@ -36,14 +37,17 @@ class BaselineStrategy(Strategy):
         self._fitted = False
 
     def fit(self, train: Split, val: Split | None = None, on_epoch: EpochCallback = _no_callback) -> None:
-        self.pipeline.fit(train.texts, train.labels)
+        # TF-IDF + scikit-learn does not split across processes: under torchrun rank 0 alone fits and
+        # predicts; the other ranks receive its predictions (strategies.distributed.from_main)
+        if ddp.is_main():
+            self.pipeline.fit(train.texts, train.labels)
         self._fitted = True
         on_epoch(1, {}, self.predict_proba(val.texts) if val is not None else None)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         if not self._fitted:
             raise RuntimeError("call fit() or load() before predict_proba()")
-        return sklearn_utils.proba(self.pipeline, list(texts), self.num_labels)
+        return ddp.from_main(lambda: sklearn_utils.proba(self.pipeline, list(texts), self.num_labels))
 
     def parameter_counts(self) -> dict[str, int]:
         n = sklearn_utils.learned_parameters(self.pipeline) if self._fitted else 0

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import transformers
 
+from . import distributed as ddp
 from .encoder import ModelSpec
 
 log = logging.getLogger("transfer_bench.cache")
@@ -140,7 +141,9 @@ class FeatureCache:
     def get(self, parts: Mapping, rows: int, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """The stored features for this key, or compute() them and store them."""
         key = self.key(parts)
-        feats = self.load(key, rows)
+        # Under torchrun, rank 0's answer holds for all: if one rank hit and another missed, only one would
+        # take part in the sharded encoding.
+        feats = ddp.from_main(lambda: self.load(key, rows))
         if feats is not None:
             self.hits += 1
             self.saved_s += self.compute_seconds(key)
@@ -149,7 +152,8 @@ class FeatureCache:
         self.misses += 1
         t0 = time.perf_counter()
         feats = compute()
-        self.store(key, feats, time.perf_counter() - t0)
+        if ddp.is_main():  # one writer
+            self.store(key, feats, time.perf_counter() - t0)
         log.info("feature cache miss: %d texts encoded and stored (%s)", rows, self.path(key))
         return feats
 

@@ -11,6 +11,7 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from . import distributed as ddp
 from . import sklearn_utils
 from .base import EpochCallback, Split, _no_callback
 from .encoder import count_parameters
@@ -39,13 +40,16 @@ class EmbedStrategy(EncoderStrategy):
         return encoder.eval()
 
     def fit(self, train: Split, val: Split | None = None, on_epoch: EpochCallback = _no_callback) -> None:
-        self.pipeline.fit(self.features(train.texts), train.labels)
+        X = self.features(train.texts)  # under torchrun: encoded by all ranks (sharded), gathered on each
+        # scikit-learn learns in one process: under torchrun rank 0 alone fits (and predicts, see _proba)
+        if ddp.is_main():
+            self.pipeline.fit(X, train.labels)
         self._fitted = True
         val_proba = self._proba(self.features(val.texts)) if val is not None else None
         on_epoch(1, {}, val_proba)
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
-        return sklearn_utils.proba(self.pipeline, X, self.num_labels)
+        return ddp.from_main(lambda: sklearn_utils.proba(self.pipeline, X, self.num_labels))
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         if not self._fitted:

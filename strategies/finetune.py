@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import checkpoint, layerwise
+from . import distributed as ddp
 from .base import EpochCallback, Split, _no_callback
 from .encoder import (
     auto_batch_size,
@@ -187,7 +188,7 @@ class FineTuneStrategy(EncoderStrategy):
         # the torch RNG (dropout) restored, a resumed run takes exactly the steps an uninterrupted one would.
         pos = {"epoch": 1, "batch": 0, "step": 0, "total": 0.0, "seconds": 0.0}
         t_fit = time.perf_counter()
-        saved = checkpoint.load(self._ckpt_dir)
+        saved = ddp.from_main(lambda: checkpoint.load(self._ckpt_dir))  # rank 0 reads, every rank resumes
         if saved is not None:
             net.load_state_dict(saved["trainable"], strict=False)
             opt.load_state_dict(saved["optimizer"])
@@ -197,14 +198,24 @@ class FineTuneStrategy(EncoderStrategy):
             stopper.__dict__.update(saved["stopper"])
             pos = saved["pos"]
             rng.bit_generator.state = saved["epoch_rng"]
-            torch.set_rng_state(saved["torch_rng"])
-            if saved.get("cuda_rng") and torch.cuda.is_available():  # dropout on a GPU draws from these
-                torch.cuda.set_rng_state_all(saved["cuda_rng"])
+            # Each rank's own dropout stream; under another world size than the checkpoint's, the ranks
+            # take rank 0's (same batches and steps, other dropout draws).
+            ranks = saved.get("rank_rng") or [{"torch": saved["torch_rng"], "cuda": saved.get("cuda_rng")}]
+            own = ranks[ddp.rank()] if len(ranks) == ddp.world_size() else ranks[0]
+            torch.set_rng_state(own["torch"])
+            if own.get("cuda") and torch.cuda.is_available():  # dropout on a GPU draws from these
+                torch.cuda.set_rng_state_all(own["cuda"])
+            if not ddp.is_main():  # the saved loss sum is all ranks' together: rank 0 carries it on
+                pos = pos | {"total": 0.0}
             self.resumed_from_step, self.train_time_before_resume_s = pos["step"], pos.get("seconds", 0.0)
+        model = None
         for epoch in range(pos["epoch"], self.epochs + 1):
             net.train()
             if self.gradual_unfreeze:
                 layerwise.unfreeze(net.encoder, may_train, epoch)
+            if model is None or self.gradual_unfreeze:  # DDP all-reduces the tensors that train when built
+                # Under torchrun: DDP, each rank a share of every batch (ddp.batch_share); else net itself.
+                model = ddp.wrap(net, every_parameter_used=self._uses_top_layer(net))
             epoch_rng = rng.bit_generator.state  # replaying from here regenerates this epoch's batches
             batches = list(length_batches(lengths, self.batch_size, shuffle=True, rng=rng))
             first, total = (pos["batch"], pos["total"]) if epoch == pos["epoch"] else (0, 0.0)
@@ -216,16 +227,19 @@ class FineTuneStrategy(EncoderStrategy):
                 # Gradient accumulation over micro-batches: the same step as one batch (each part's loss is
                 # its share of the batch mean), but each part is padded only to its own longest text and its
                 # activations fit in cache — 1.6x faster on a small CPU (see encoder.AUTO_BATCH).
-                micro = self.micro_batch_size or len(idx)
-                for start in range(0, len(idx), micro):
-                    part = idx[start : start + micro]
-                    with autocast(self.device, self.precision):
-                        logits = net(collate(tok, [items[i] for i in part], self.device))
-                    loss = nn.functional.cross_entropy(
-                        logits.float(), to_device(labels[part], self.device), reduction="sum"
-                    )
-                    total += loss.detach()
-                    scaler.scale(loss / len(idx)).backward()
+                mine, weight = ddp.batch_share(idx)
+                micro = self.micro_batch_size or len(mine)
+                for start in range(0, len(mine), micro):
+                    part = mine[start : start + micro]
+                    with ddp.sync_gradients(model, last_micro_batch=start + micro >= len(mine)):
+                        with autocast(self.device, self.precision):
+                            logits = model(collate(tok, [items[i] for i in part], self.device))
+                        loss = nn.functional.cross_entropy(
+                            logits.float(), to_device(labels[part], self.device), reduction="sum"
+                        )
+                        if weight:
+                            total += loss.detach()
+                        scaler.scale(loss / len(idx) * weight).backward()
                 if self.max_grad_norm:
                     scaler.unscale_(opt)  # clip the true gradients, not the fp16 loss-scaled ones
                     torch.nn.utils.clip_grad_norm_(list(trainable.values()), self.max_grad_norm)
@@ -237,16 +251,23 @@ class FineTuneStrategy(EncoderStrategy):
                     check_loss(total, pos["step"])
                 if self._ckpt_every and pos["step"] % self._ckpt_every == 0:
                     check_loss(total, pos["step"])  # never checkpoint NaN weights (this reads total anyway)
-                    pos_now = {"epoch": epoch, "batch": b + 1, "step": pos["step"], "total": total.item(),
+                    pos_now = {"epoch": epoch, "batch": b + 1, "step": pos["step"],
+                               "total": ddp.all_sum(total).item(),
                                "seconds": self.train_time_before_resume_s + time.perf_counter() - t_fit}
-                    checkpoint.save(self._ckpt_dir, {
-                        "trainable": {n: p.detach().cpu() for n, p in trainable.items()},
-                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "scaler": scaler.state_dict(), "stopper": dict(stopper.__dict__), "pos": pos_now,
-                        "epoch_rng": epoch_rng, "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    rank_rng = ddp.gather({
+                        "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     })
+                    if ddp.is_main():  # one writer; the other ranks' RNG states travel in rank_rng
+                        checkpoint.save(self._ckpt_dir, {
+                            "trainable": {n: p.detach().cpu() for n, p in trainable.items()},
+                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "scaler": scaler.state_dict(), "stopper": dict(stopper.__dict__), "pos": pos_now,
+                            "epoch_rng": epoch_rng, "torch_rng": rank_rng[0]["torch"],
+                            "cuda_rng": rank_rng[0]["cuda"], "rank_rng": rank_rng,
+                        })
             check_loss(total, pos["step"])
+            total = ddp.all_sum(total)  # every rank's share of the epoch's loss
             val_proba = self._proba(val_items) if val_items is not None else None
             on_epoch(epoch, {"train_loss": total.item() / len(items), "lr": sched.get_last_lr()[0]}, val_proba)
             if stopper.step(net, epoch, val_proba, val.labels if val is not None else None):
@@ -255,8 +276,18 @@ class FineTuneStrategy(EncoderStrategy):
         self.best_epoch = stopper.best_epoch
         self._trained = True
 
-    @torch.inference_mode()
+    def _uses_top_layer(self, net: EncoderClassifier) -> bool:
+        """Whether every trainable parameter gets a gradient (DDP must search for unused ones otherwise):
+        not when the head reads lower layers only and the blocks above them are trainable."""
+        top = net.encoder.config.num_hidden_layers
+        return any(i in (-1, top) for i in self.layers)
+
     def _proba(self, items: list[dict]) -> np.ndarray:
+        """Split across ranks under torchrun and gathered once; all rows on every rank."""
+        return ddp.map_shards(self._proba_local, items, [len(x["input_ids"]) for x in items])
+
+    @torch.inference_mode()
+    def _proba_local(self, items: list[dict]) -> np.ndarray:
         net = self.net.eval()
         lengths = [len(x["input_ids"]) for x in items]
         out = np.empty((len(items), self.num_labels), dtype=np.float32)

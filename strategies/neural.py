@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed as ddp
 from .base import Strategy
 from .cache import FeatureCache, texts_digest, tokenizer_identity, weights_identity
 from .encoder import (
@@ -158,6 +159,10 @@ class EncoderStrategy(Strategy):
         return self.feature_cache.get(parts, len(texts), lambda: self._extract(texts))
 
     def _extract(self, texts: Sequence[str]) -> np.ndarray:
+        """Under torchrun each rank encodes its share of the texts (sharded by length) and all gather once."""
+        return ddp.map_shards(self._extract_local, texts, [len(t) for t in texts])
+
+    def _extract_local(self, texts: Sequence[str]) -> np.ndarray:
         return extract_features(
             self.encoder, self.tokenizer, texts, max_length=self.spec.max_length, layers=self.layers,
             pooling=self.pooling, combine=self.combine, batch_size=self.encode_batch_size,

@@ -1,0 +1,112 @@
+"""Data-parallel fine-tuning under torchrun (CPU, gloo, 2 processes, the tiny BERT): the same result as one
+process with the same global batch, one MLflow run, and an exact resume after a kill."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+from conftest import RUN_PY, compose, subprocess_env, tiny_model_overrides
+
+from experiments.runner import run
+
+# Two ranks sum their gradients in another order than one process does, and pad their micro-batches to
+# other lengths: float32 rounding, nothing more (measured differences are about 1e-7).
+PROBA_TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def dropless_bert(tiny_bert, tmp_path_factory):
+    """The tiny BERT without dropout: ranks draw other dropout masks than one process does, so only a
+    dropout-free model can match step for step."""
+    folder = tmp_path_factory.mktemp("dropless") / "bert"
+    shutil.copytree(tiny_bert, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _overrides(model, store, experiment):
+    # 157 training texts in batches of 6: a last batch of one, so one rank gets an empty share; micro-batches
+    # of 2 make each rank accumulate (no_sync) over two of them.
+    return [*tiny_model_overrides(model), "strategy=finetune", "strategy.epochs=2", "strategy.batch_size=6",
+            "strategy.micro_batch_size=2", "strategy.dropout=0", "data.train_size=157", "data.val_size=40",
+            "data.test_size=60", "precision=fp32", "log_model=false", "checkpoint_every=5",
+            *store.overrides(experiment)]
+
+
+def _torchrun(overrides, nproc=2):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            str(RUN_PY), *overrides]
+
+
+def _result(store, experiment):
+    """(run, test probabilities) of the experiment's only run."""
+    runs = store.runs(experiment)
+    assert len(runs) == 1, [r.info.status for r in runs]
+    [r] = runs
+    path = store.client().download_artifacts(r.info.run_id, "predictions/test_predictions.csv")
+    preds = pd.read_csv(io.StringIO(open(path, encoding="utf-8").read()))
+    return r, preds[[c for c in preds.columns if c.startswith("prob_")]].to_numpy()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(dropless_bert, mlflow_store, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("ddp-two")
+    out = subprocess.run(_torchrun(_overrides(dropless_bert, mlflow_store, "ddp-two")), cwd=cwd,
+                         env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    return _result(mlflow_store, "ddp-two")
+
+
+def test_two_ranks_match_one_process_and_log_one_run(two_ranks, dropless_bert, in_store):
+    run(compose(_overrides(dropless_bert, in_store, "ddp-one")))
+    one, one_proba = _result(in_store, "ddp-one")
+    two, two_proba = two_ranks  # _result asserted: exactly one run
+    assert two.info.status == "FINISHED"
+    assert two.data.metrics["world_size"] == 2 and two.data.tags["distributed_backend"] == "gloo"
+    assert one.data.metrics["world_size"] == 1 and one.data.tags["distributed_backend"] == "none"
+    assert two.data.tags["config_hash"] == one.data.tags["config_hash"]  # the world size is not a setting
+    np.testing.assert_allclose(two_proba, one_proba, atol=PROBA_TOL)
+    for key in ("test_log_loss", "val_log_loss", "train_loss"):
+        assert two.data.metrics[key] == pytest.approx(one.data.metrics[key], abs=PROBA_TOL)
+    assert two.data.metrics["test_accuracy"] == one.data.metrics["test_accuracy"]
+
+
+def test_killed_two_rank_run_resumes_to_the_same_result(two_ranks, dropless_bert, mlflow_store, tmp_path):
+    expected_run, expected = two_ranks
+    cmd = _torchrun(_overrides(dropless_bert, mlflow_store, "ddp-resume"))
+    env = subprocess_env()
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("checkpoints/*/trainer_state.pt")):  # kill right after the first checkpoint
+        assert proc.poll() is None and time.time() < deadline, "training ended before a checkpoint was written"
+        time.sleep(0.01)
+    workers = psutil.Process(proc.pid).children(recursive=True)  # torchrun starts them in their own sessions
+    for p in [*workers, psutil.Process(proc.pid)]:
+        p.send_signal(signal.SIGKILL)
+    proc.wait()
+    psutil.wait_procs(workers, timeout=30)
+    [interrupted] = mlflow_store.runs("ddp-resume")
+    assert interrupted.info.status == "RUNNING"  # killed hard: nothing could mark it
+
+    out = subprocess.run(cmd + ["resume=true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert "resuming MLflow run" in out.stdout + out.stderr
+    resumed, proba = _result(mlflow_store, "ddp-resume")
+    assert resumed.info.run_id == interrupted.info.run_id and resumed.info.status == "FINISHED"
+    assert int(resumed.data.params["runtime.resumed_from_step"]) >= 5
+    np.testing.assert_array_equal(proba, expected)
+    keep = ("test_accuracy", "test_log_loss", "val_log_loss", "train_loss")
+    assert {k: resumed.data.metrics[k] for k in keep} == {k: expected_run.data.metrics[k] for k in keep}
+    assert not list(tmp_path.glob("checkpoints/*"))  # removed once FINISHED
