@@ -204,8 +204,13 @@ def _run(cfg: DictConfig) -> float | None:
     t_start = time.perf_counter()
     quiet_libraries()
     set_threads()
+    # Under torchrun: join the process group (nothing otherwise), before anything asks CUDA about a device:
+    # that would open a context on GPU 0 in every rank.
+    try:
+        ddp.setup(cfg.get("device", "auto"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     check_config(cfg)  # a config that cannot work fails here, not after the data and weights have loaded
-    ddp.setup(cfg.get("device", "auto"))  # under torchrun: join the process group (nothing otherwise)
     if not ddp.is_main():
         return _follow(cfg)
     experiment_id = tracking.setup(cfg.tracking_uri, cfg.experiment_name)

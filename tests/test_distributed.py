@@ -15,9 +15,12 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-from conftest import RUN_PY, compose, subprocess_env, tiny_model_overrides
+from conftest import REPO, RUN_PY, STRATEGY_PRESETS, compose, subprocess_env, tiny_model_overrides
 
 from experiments.runner import run
+
+sys.path.insert(0, str(REPO / "tests"))
+import ddp_presets  # noqa: E402
 
 # Two ranks sum their gradients in another order than one process does, and pad their micro-batches to
 # other lengths: float32 rounding, nothing more (measured differences are about 1e-7).
@@ -110,3 +113,26 @@ def test_killed_two_rank_run_resumes_to_the_same_result(two_ranks, dropless_bert
     keep = ("test_accuracy", "test_log_loss", "val_log_loss", "train_loss")
     assert {k: resumed.data.metrics[k] for k in keep} == {k: expected_run.data.metrics[k] for k in keep}
     assert not list(tmp_path.glob("checkpoints/*"))  # removed once FINISHED
+
+
+# ----------------------------------------------------------------------------- every preset
+@pytest.fixture(scope="module")
+def presets_on_two_ranks(dropless_bert, tmp_path_factory):
+    """One torchrun launch fits every preset on 2 ranks (starting Python twice costs more than the fits)."""
+    out = tmp_path_factory.mktemp("presets-two")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tests" / "ddp_presets.py"), str(out), str(dropless_bert), *STRATEGY_PRESETS]
+    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("name", STRATEGY_PRESETS)
+def test_every_preset_predicts_the_same_on_two_ranks(name, presets_on_two_ranks, dropless_bert, tmp_path):
+    """Sharded features and evaluation, DDP for the encoder-training presets, rank 0 alone for scikit-learn:
+    the same probabilities as one process."""
+    ddp_presets.main(tmp_path, str(dropless_bert), [name])
+    one, two = np.load(tmp_path / f"{name}.npz"), np.load(presets_on_two_ranks / f"{name}.npz")
+    assert int(one["world"]) == 1 and int(two["world"]) == 2
+    for split in ("val", "test"):
+        np.testing.assert_allclose(two[split], one[split], atol=PROBA_TOL, err_msg=f"{name} {split}")
