@@ -1,5 +1,9 @@
 """The small interface every strategy implements. The runner owns data, seeding, metrics, tracking and
-timing; a strategy only learns from texts and labels and answers with class probabilities."""
+timing; a strategy only learns from texts and labels and answers with class probabilities.
+
+Under torchrun every rank builds the same strategy and calls fit() and predict_proba() in the same order
+(the runner logs on rank 0 only); strategies split their work with strategies.distributed. One that does not
+simply does the same work on every rank."""
 
 from __future__ import annotations
 
