@@ -87,13 +87,15 @@ def test_two_ranks_match_one_process_and_log_one_run(two_ranks, dropless_bert, i
     assert two.data.metrics["test_accuracy"] == one.data.metrics["test_accuracy"]
 
 
-def test_killed_two_rank_run_resumes_to_the_same_result(two_ranks, dropless_bert, mlflow_store, tmp_path):
-    expected_run, expected = two_ranks
+@pytest.fixture(scope="module")
+def killed_two_ranks(dropless_bert, mlflow_store, tmp_path_factory):
+    """A 2-rank run killed (SIGKILL, agent and workers) right after its first checkpoint; a copy of the
+    checkpoint folder as it was then."""
+    cwd = tmp_path_factory.mktemp("ddp-killed")
     cmd = _torchrun(_overrides(dropless_bert, mlflow_store, "ddp-resume"))
-    env = subprocess_env()
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not list(tmp_path.glob("checkpoints/*/trainer_state.pt")):  # kill right after the first checkpoint
+    while not list(cwd.glob("checkpoints/*/trainer_state.pt")):
         assert proc.poll() is None and time.time() < deadline, "training ended before a checkpoint was written"
         time.sleep(0.01)
     workers = psutil.Process(proc.pid).children(recursive=True)  # torchrun starts them in their own sessions
@@ -101,10 +103,19 @@ def test_killed_two_rank_run_resumes_to_the_same_result(two_ranks, dropless_bert
         p.send_signal(signal.SIGKILL)
     proc.wait()
     psutil.wait_procs(workers, timeout=30)
+    copy = tmp_path_factory.mktemp("ddp-killed-copy") / "checkpoints"
+    shutil.copytree(cwd / "checkpoints", copy)
+    return cwd, cmd, copy
+
+
+def test_killed_two_rank_run_resumes_to_the_same_result(two_ranks, killed_two_ranks, mlflow_store):
+    expected_run, expected = two_ranks
+    cwd, cmd, _ = killed_two_ranks
     [interrupted] = mlflow_store.runs("ddp-resume")
     assert interrupted.info.status == "RUNNING"  # killed hard: nothing could mark it
 
-    out = subprocess.run(cmd + ["resume=true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd + ["resume=true"], cwd=cwd, env=subprocess_env(), capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert "resuming MLflow run" in out.stdout + out.stderr
     resumed, proba = _result(mlflow_store, "ddp-resume")
@@ -113,7 +124,32 @@ def test_killed_two_rank_run_resumes_to_the_same_result(two_ranks, dropless_bert
     np.testing.assert_array_equal(proba, expected)
     keep = ("test_accuracy", "test_log_loss", "val_log_loss", "train_loss")
     assert {k: resumed.data.metrics[k] for k in keep} == {k: expected_run.data.metrics[k] for k in keep}
-    assert not list(tmp_path.glob("checkpoints/*"))  # removed once FINISHED
+    assert not list(cwd.glob("checkpoints/*"))  # removed once FINISHED
+
+
+def test_two_rank_checkpoint_resumes_in_one_process(two_ranks, killed_two_ranks, dropless_bert, in_store):
+    """Another world size than the checkpoint's: the same global batches continue from the same step (the
+    model has no dropout, whose draws would differ), so one plain process ends where 2 ranks did."""
+    _, expected = two_ranks
+    _, _, copy = killed_two_ranks
+    [folder] = copy.iterdir()
+    run_id = in_store.client().create_run(in_store.client().create_experiment("ddp-resize")).info.run_id
+    (folder / "run.json").write_text(json.dumps({"run_id": run_id}))  # a run of its own to continue
+    run(compose(_overrides(dropless_bert, in_store, "ddp-resize") + ["resume=true", f"checkpoint_dir={copy}"]))
+    resumed, proba = _result(in_store, "ddp-resize")
+    assert resumed.info.run_id == run_id and resumed.data.metrics["world_size"] == 1
+    assert int(resumed.data.params["runtime.resumed_from_step"]) >= 5
+    np.testing.assert_allclose(proba, expected, atol=PROBA_TOL)
+
+
+def test_no_sweeps_under_torchrun(monkeypatch):
+    """Every rank would run the whole sweep, each with its own MLflow parent run: refused in one line."""
+    from experiments.callbacks import SweepSummary
+
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit, match="torchrun runs one run"):
+        SweepSummary().on_multirun_start(compose())  # before it reads anything of the config
 
 
 # ----------------------------------------------------------------------------- every preset
