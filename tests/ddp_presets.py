@@ -1,10 +1,11 @@
 """Run by tests/test_distributed.py, under torchrun or as one plain process: every strategy preset fits on a
 few demo texts and predicts; rank 0 writes the probabilities to OUT/<preset>.npz.
 
-usage: ddp_presets.py OUT MODEL_DIR PRESET..."""
+usage: ddp_presets.py OUT MODEL_DIR PRESET...   (DDP_DEVICE=auto: CUDA and NCCL where there is a GPU; default cpu)"""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -28,11 +29,12 @@ def deterministic(name: str) -> list[str]:
     out += ["strategy.dropout=0"] if "dropout" in strategy else []
     out += ["strategy.peft.lora_dropout=0"] if (strategy.get("peft") or {}).get("lora_dropout") is not None else []
     out += ["strategy.batch_size=6"] if "batch_size" in strategy else []  # a last batch of one (31 texts)
-    return ["precision=fp32", *out]
+    return ["precision=fp32", f"device={os.environ.get('DDP_DEVICE', 'cpu')}", *out]
 
 
 def main(out: Path, model: str, presets: list[str]) -> None:
-    ddp.setup("cpu")
+    device = os.environ.get("DDP_DEVICE", "cpu")
+    ddp.setup(device)
     train, val, test = demo_split(31), demo_split(12, offset=40), demo_split(13, split="test")
     for name in presets:
         cfg = compose([f"strategy={name}", *tiny_model_overrides(model), *deterministic(name)]).strategy
@@ -43,7 +45,8 @@ def main(out: Path, model: str, presets: list[str]) -> None:
         strategy.fit(train, val, lambda epoch, scalars, proba, seen=seen: seen.setdefault("val", proba))
         test_proba = strategy.predict_proba(test.texts)
         if ddp.is_main():
-            np.savez(out / f"{name}.npz", val=seen["val"], test=test_proba, world=ddp.world_size())
+            np.savez(out / f"{name}.npz", val=seen["val"], test=test_proba, world=ddp.world_size(),
+                     backend=ddp.backend())
     ddp.teardown()
 
 

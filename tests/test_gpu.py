@@ -62,3 +62,23 @@ def test_fp16_features_match_fp32(tiny_overrides):
     fp16, fp32 = (cuda_strategy(tiny_overrides, "embed", f"precision={p}").features(texts) for p in ("fp16", "fp32"))
     cos = (fp16 * fp32).sum(1) / np.linalg.norm(fp16, axis=1) / np.linalg.norm(fp32, axis=1)
     assert np.isfinite(fp16).all() and cos.min() > 0.999
+
+
+def test_torchrun_trains_with_nccl_one_gpu_per_process(tiny_bert, tmp_path):
+    """torchrun on the GPUs there are (up to 2; one GPU = world size 1): NCCL starts, each process takes its own
+    GPU, and fine-tuning with sharded evaluation runs through."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO, subprocess_env
+
+    n = min(2, torch.cuda.device_count())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+           str(REPO / "tests" / "ddp_presets.py"), str(tmp_path), str(tiny_bert), "finetune"]
+    done = subprocess.run(cmd, env=subprocess_env() | {"DDP_DEVICE": "auto"}, capture_output=True, text=True,
+                          timeout=600, cwd=os.getcwd())
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    result = np.load(tmp_path / "finetune.npz")
+    assert str(result["backend"]) == "nccl" and int(result["world"]) == n
+    assert np.isfinite(result["test"]).all()
