@@ -326,7 +326,26 @@ def _figure():
     return plt, *plt.subplots(figsize=(7, 4.5))
 
 
-def plot_pareto(table: pd.DataFrame, cost: str, front: str, xlabel: str, path: Path) -> Path:
+def accuracy_label(table: pd.DataFrame) -> str:
+    """The y-axis: mean ± std only where some group has several runs (seeds) to average."""
+    several = "runs" in table and (table["runs"] > 1).any()
+    return "test accuracy (mean ± std over seeds)" if several else "test accuracy"
+
+
+def label_offsets(x: pd.Series, y: pd.Series, step: int = 10) -> list[tuple[int, int]]:
+    """Text offsets (points) for the point labels: labels of points that coincide on the plot (same cost
+    to 1% on the log axis, same accuracy to 0.1 point) are stacked upwards instead of printed over each other."""
+    seen: dict[tuple, int] = {}
+    out = []
+    for xi, yi in zip(x, y, strict=True):
+        key = (round(float(np.log10(xi)), 2), round(float(yi), 3))
+        k = seen.get(key, 0)
+        seen[key] = k + 1
+        out.append((5, 5 + step * k))
+    return out
+
+
+def plot_pareto(table: pd.DataFrame, cost: str, front: str, xlabel: str, path: Path, title: str = "") -> Path:
     plt, fig, ax = _figure()
     x = table[cost].clip(lower=1e-3)  # log axis: keep a (theoretical) zero on the plot
     ax.errorbar(x, table["acc_mean"], yerr=table["acc_std"].fillna(0), fmt="o", color="tab:blue", capsize=3)
@@ -334,9 +353,10 @@ def plot_pareto(table: pd.DataFrame, cost: str, front: str, xlabel: str, path: P
     ax.step(on[cost].clip(lower=1e-3), on["acc_mean"], where="post", color="tab:red", lw=1.5,
             label="Pareto front")
     ax.scatter(on[cost].clip(lower=1e-3), on["acc_mean"], s=120, facecolors="none", edgecolors="tab:red")
-    for xi, yi, text in zip(x, table["acc_mean"], table["group"], strict=True):
-        ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy (mean ± std over seeds)")
+    offsets = label_offsets(x, table["acc_mean"])
+    for xi, yi, text, offset in zip(x, table["acc_mean"], table["group"], offsets, strict=True):
+        ax.annotate(text, (xi, yi), textcoords="offset points", xytext=offset, fontsize=8)
+    ax.set(xscale="log", xlabel=xlabel, ylabel=accuracy_label(table), title=title)
     ax.margins(x=0.2, y=0.1)  # room for the labels of the outermost points
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -360,7 +380,7 @@ def plot_lines(table: pd.DataFrame, axis: str, x: str, series: list[str], xlabel
         line = line.sort_values(x)
         ax.errorbar(line[x], line["acc_mean"], yerr=line["acc_std"].fillna(0), marker="o", capsize=3,
                     label=" · ".join(map(str, name if isinstance(name, tuple) else (name,))))
-    ax.set(xlabel=xlabel, ylabel="test accuracy (mean ± std over seeds)")
+    ax.set(xlabel=xlabel, ylabel=accuracy_label(table))
     if log:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
@@ -464,9 +484,9 @@ def build_report(experiment: str, tracking_uri: str = "sqlite:///mlflow.db",
     out.mkdir(parents=True, exist_ok=True)
     images = [
         plot_pareto(table, "trainable_params", "pareto_params", "trainable parameters (log)",
-                    out / "pareto_params.png"),
+                    out / "pareto_params.png", f"{experiment}: test accuracy vs trainable parameters"),
         plot_pareto(table, "train_time_s_mean", "pareto_time", "train time, s (log)",
-                    out / "pareto_time.png"),
+                    out / "pareto_time.png", f"{experiment}: test accuracy vs train time"),
     ]
     others = lambda axis: [k for k in group_by if k != axis]  # noqa: E731 — the series of a sweep plot
     if TRAIN_SIZE in group_by and table["train_examples_mean"].nunique() > 1:  # x = the real count

@@ -236,3 +236,29 @@ def test_errors(store, tmp_path):
     with pytest.raises(SystemExit) as e:
         compare.main(["--experiment", "missing", "--tracking-uri", store[1], "--out", str(tmp_path)])
     assert e.value.code == 2
+
+
+def test_pareto_plot_has_a_title_separate_labels_and_an_honest_axis(tmp_path, monkeypatch):
+    """Labels of coinciding points do not overlap; the y-axis says mean ± std only when there are seeds."""
+    import experiments.compare as compare
+
+    axes = []
+    real = compare._figure
+
+    def keep():
+        plt, fig, ax = real()
+        axes.append(ax)
+        return plt, fig, ax
+
+    monkeypatch.setattr(compare, "_figure", keep)
+    table = pd.DataFrame({"group": ["embed", "freeze", "finetune"], "trainable_params": [770, 770, 22_000_000],
+                          "acc_mean": [0.8, 0.8, 0.9], "acc_std": [float("nan")] * 3, "runs": [1, 1, 1],
+                          "pareto_params": [True, True, True]})
+    compare.plot_pareto(table, "trainable_params", "pareto_params", "x", tmp_path / "one.png", "demo: a title")
+    ax = axes[-1]
+    assert ax.get_title() == "demo: a title" and ax.get_ylabel() == "test accuracy"
+    offsets = [text.xyann for text in ax.texts]
+    assert len(set(offsets[:2])) == 2, offsets  # the two coinciding points' labels are apart
+    compare.plot_pareto(table.assign(runs=[3, 3, 1], acc_std=[0.01, 0.02, float("nan")]), "trainable_params",
+                        "pareto_params", "x", tmp_path / "seeds.png")
+    assert axes[-1].get_ylabel() == "test accuracy (mean ± std over seeds)"
