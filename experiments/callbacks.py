@@ -6,14 +6,47 @@ import atexit
 import hashlib
 import json
 import logging
+import math
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
+from tqdm import tqdm
 
 log = logging.getLogger("transfer_bench")
 
 PARENT_FILE = "mlflow_parent.json"  # in the sweep folder: how jobs (in any process) find the parent run
+PROGRESS_FILE = "progress.json"  # in the sweep folder: the number of jobs and when the sweep started
+
+
+def job_count(config) -> int | None:
+    """How many jobs the sweep launches: n_trials for a search, else the product of the sweep values
+    (command line over hydra.sweeper.params, as Hydra's basic sweeper does); None when unknown."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = config.hydra.sweeper
+    if sweeper.get("n_trials"):
+        return int(sweeper.n_trials)
+    try:
+        params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+        counts = {}
+        for o in OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task)):
+            if o.is_sweep_override() and o.is_interval_sweep():
+                return None
+            counts[o.key_or_group] = len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
+        return math.prod(counts.values())
+    except Exception:  # noqa: BLE001 — a sweeper this does not know: count without a total
+        return None
+
+
+def sweep_line(done: int, total: int | None, elapsed: float, failed: int) -> str:
+    from strategies.progress import LINE_FORMAT
+
+    if total is None:
+        return f"sweep: {done} job(s) done, {failed} failed"
+    return tqdm.format_meter(done, total, elapsed, prefix="sweep", unit="job", postfix=f"{failed} failed",
+                             bar_format=LINE_FORMAT)
 
 
 def read_parent(sweep_dir: Path) -> str | None:
@@ -62,6 +95,8 @@ class SweepSummary(Callback):
         # job, Ctrl-C): the parent would stay RUNNING. Unless on_multirun_end ran, end it FAILED at exit.
         self._open_parent = (config.tracking_uri, config.experiment_name, run.info.run_id)
         atexit.register(self._fail_open_parent)
+        total = job_count(config)
+        (sweep_dir / PROGRESS_FILE).write_text(json.dumps({"total": total, "start": time.time()}))
 
     def _fail_open_parent(self) -> None:
         if getattr(self, "_open_parent", None) is None:
@@ -76,6 +111,23 @@ class SweepSummary(Callback):
             client.set_terminated(run_id, status="FAILED")
         except Exception as e:  # noqa: BLE001 — at exit, a store problem is reported, never raised
             log.warning("could not mark the sweep's parent run %s FAILED: %s", run_id, e)
+
+    def on_job_end(self, config, job_return=None, **kwargs) -> None:
+        """One line per finished job: jobs done / total, failures so far, rate and ETA. In every launcher's
+        worker process, so the counts live in files of the sweep folder."""
+        if not config.get("progress", True) or "sweep" not in config.get("hydra", {}):
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        meta_path = sweep_dir / PROGRESS_FILE
+        if not meta_path.is_file():
+            return
+        meta = json.loads(meta_path.read_text())
+        with open(sweep_dir / "jobs_done.txt", "a", encoding="utf-8") as f:
+            f.write(f"{config.hydra.job.num}\n")
+        done = len((sweep_dir / "jobs_done.txt").read_text(encoding="utf-8").split())
+        failures = sweep_dir / "failures.jsonl"
+        failed = len(failures.read_text(encoding="utf-8").splitlines()) if failures.is_file() else 0
+        log.info(sweep_line(done, meta["total"], time.time() - meta["start"], failed))
 
     def on_multirun_end(self, config, **kwargs) -> None:
         from . import tracking

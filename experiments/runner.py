@@ -23,6 +23,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from strategies import distributed as ddp
+from strategies import progress
 from strategies.encoder import set_threads
 
 from . import tracking
@@ -160,6 +161,7 @@ def run(cfg: DictConfig) -> float | None:
     A user error (bad config or data) ends a single run with a one-line message and exit status 1. In a
     multirun sweep any failing job is recorded in <sweep dir>/failures.jsonl and the sweep goes on; the
     sweep ends with a summary (experiments.callbacks.SweepSummary)."""
+    progress.set_enabled(cfg.get("progress", True))
     try:
         return _run(cfg)
     except Exception as e:

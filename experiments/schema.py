@@ -114,6 +114,7 @@ class RunConfig:
     checkpoint_every: int = 200
     checkpoint_dir: str = "checkpoints"
     save_predictions: bool = True
+    progress: bool = True
 
     def __post_init__(self):
         if not DEVICE.fullmatch(self.device):

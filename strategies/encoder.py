@@ -18,6 +18,8 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from . import progress
+
 hf_logging.disable_progress_bar()  # weight-loading bars would flood sweep logs
 
 POOLINGS = ("cls", "mean")
@@ -356,6 +358,7 @@ def extract_features(
     out: np.ndarray | None = None
     on_device: torch.Tensor | None = None  # GPU: rows in batch order, copied to the host once at the end
     order, done = [], 0
+    bar = progress.bar(len(items), "encode", unit="text")
     for idx in length_batches(lengths, batch_size):
         batch = collate(tokenizer, [items[i] for i in idx], device)
         with autocast(device, precision):
@@ -370,6 +373,8 @@ def extract_features(
             on_device[done : done + len(idx)] = feats
             order.append(idx)
             done += len(idx)
+        bar.update(len(idx))  # on a GPU: queued, not waited for (a sync per batch would stall it)
+    bar.close()
     if on_device is not None:
         out[np.concatenate(order)] = on_device.cpu().numpy()
     return out

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import checkpoint, layerwise
+from . import checkpoint, layerwise, progress
 from . import distributed as ddp
 from .base import EpochCallback, Split, _no_callback
 from .encoder import (
@@ -221,8 +221,13 @@ class FineTuneStrategy(EncoderStrategy):
             first, total = (pos["batch"], pos["total"]) if epoch == pos["epoch"] else (0, 0.0)
             # Summed on the device and read only when checked: a loss.item() per step would stall a GPU.
             total = torch.tensor(total, device=self.device)
+            seen = sum(len(batches[i]) for i in range(first))
+            # under torchrun rank 0 alone shows it (its loss sum holds only its share of each batch: no loss)
+            bar = progress.bar(len(items) if ddp.is_main() else 0, f"epoch {epoch}/{self.epochs}", unit="seq")
+            bar.update(seen)
             for b in range(first, len(batches)):
                 idx = batches[b]
+                seen += len(idx)
                 opt.zero_grad(set_to_none=True)
                 # Gradient accumulation over micro-batches: the same step as one batch (each part's loss is
                 # its share of the batch mean), but each part is padded only to its own longest text and its
@@ -248,7 +253,10 @@ class FineTuneStrategy(EncoderStrategy):
                 sched.step()
                 pos["step"] += 1
                 if loss_check_due(self.device, pos["step"]):
-                    check_loss(total, pos["step"])
+                    check_loss(total, pos["step"])  # the loss is read here anyway: show its running mean
+                    bar.update(len(idx), **({"loss": total.item() / seen} if ddp.world_size() == 1 else {}))
+                else:
+                    bar.update(len(idx))
                 if self._ckpt_every and pos["step"] % self._ckpt_every == 0:
                     check_loss(total, pos["step"])  # never checkpoint NaN weights (this reads total anyway)
                     pos_now = {"epoch": epoch, "batch": b + 1, "step": pos["step"],
@@ -266,6 +274,7 @@ class FineTuneStrategy(EncoderStrategy):
                             "epoch_rng": epoch_rng, "torch_rng": rank_rng[0]["torch"],
                             "cuda_rng": rank_rng[0]["cuda"], "rank_rng": rank_rng,
                         })
+            bar.close()
             check_loss(total, pos["step"])
             total = ddp.all_sum(total)  # every rank's share of the epoch's loss
             val_proba = self._proba(val_items) if val_items is not None else None
@@ -291,11 +300,13 @@ class FineTuneStrategy(EncoderStrategy):
         net = self.net.eval()
         lengths = [len(x["input_ids"]) for x in items]
         out = np.empty((len(items), self.num_labels), dtype=np.float32)
-        for idx in length_batches(lengths, self.encode_batch_size):
-            batch = collate(self.tokenizer, [items[i] for i in idx], self.device)
-            with autocast(self.device, self.precision):
-                logits = net(batch)
-            out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        with progress.bar(len(items) if ddp.is_main() else 0, "predict", unit="text") as bar:  # this rank's share
+            for idx in length_batches(lengths, self.encode_batch_size):
+                batch = collate(self.tokenizer, [items[i] for i in idx], self.device)
+                with autocast(self.device, self.precision):
+                    logits = net(batch)
+                out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+                bar.update(len(idx))
         return out
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:

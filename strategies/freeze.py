@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import progress
 from .base import EpochCallback, Split, _no_callback
 from .encoder import count_parameters, to_device
 from .neural import (
@@ -42,6 +43,7 @@ class FreezeStrategy(EncoderStrategy):
         warmup_ratio: float = 0.0,
         batch_size: int = 32,
         early_stopping_patience: int | None = None,
+        keep_best: bool = True,
         **encoder_kwargs,
     ):
         super().__init__(num_labels, encoder, **encoder_kwargs)
@@ -50,7 +52,7 @@ class FreezeStrategy(EncoderStrategy):
         self.head_kind, self.hidden_size, self.dropout = head, hidden_size, dropout
         self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
         self.warmup_ratio, self.batch_size = warmup_ratio, batch_size
-        self.early_stopping_patience = early_stopping_patience
+        self.early_stopping_patience, self.keep_best = early_stopping_patience, keep_best
         EarlyStopping(early_stopping_patience)  # validates the value now, not after encoding
         self.head: ClassifierHead | None = None
 
@@ -74,7 +76,9 @@ class FreezeStrategy(EncoderStrategy):
             [{"params": self.head.parameters(), "lr": self.lr}], weight_decay=self.weight_decay,
             total_steps=steps_per_epoch * self.epochs, warmup_ratio=self.warmup_ratio,
         )
-        rng, step, stopper = numpy_rng(), 0, EarlyStopping(self.early_stopping_patience)
+        rng, step = numpy_rng(), 0
+        stopper = EarlyStopping(self.early_stopping_patience, keep_best=self.keep_best)
+        bar = progress.bar(self.epochs, "train head", unit="epoch")  # head epochs are short: one bar for all
         for epoch in range(1, self.epochs + 1):
             self.head.train()
             total = torch.zeros((), device=self.device)  # read only when checked (see check_loss)
@@ -92,8 +96,10 @@ class FreezeStrategy(EncoderStrategy):
             check_loss(total, step)
             val_proba = self._head_proba(x_val) if x_val is not None else None
             on_epoch(epoch, {"train_loss": total.item() / len(x)}, val_proba)
+            bar.update(1, loss=total.item() / len(x))
             if stopper.step(self.head, epoch, val_proba, val.labels if val is not None else None):
                 break
+        bar.close()
         stopper.restore(self.head)
         self.best_epoch = stopper.best_epoch
 

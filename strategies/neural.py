@@ -236,10 +236,11 @@ class EarlyStopping:
     """Stops after `patience` epochs without a lower validation log-loss and restores the best epoch's
     trainable weights. Only the validation split drives it — the test split is never seen in training."""
 
-    def __init__(self, patience: int | None, keep: set[str] | None = None):
+    def __init__(self, patience: int | None, keep: set[str] | None = None, keep_best: bool = False):
         if patience is not None and patience < 1:
             raise ValueError(f"strategy.early_stopping_patience={patience}: must be null or >= 1")
         self.patience, self.best, self.best_epoch, self.bad = patience, math.inf, 0, 0
+        self.keep_best = keep_best  # without patience: never stop, but still end on the best epoch
         # names of the tensors training may change; None = those with requires_grad at each snapshot (a fixed
         # set matters under gradual unfreezing: a block unfrozen after the best epoch must be restored too)
         self.keep = keep
@@ -247,7 +248,7 @@ class EarlyStopping:
 
     def step(self, module: nn.Module, epoch: int, val_proba: np.ndarray | None, val_labels) -> bool:
         """Record this epoch; True means stop now."""
-        if self.patience is None or val_proba is None:
+        if (self.patience is None and not self.keep_best) or val_proba is None:
             return False
         p = np.clip(val_proba[np.arange(len(val_labels)), np.asarray(val_labels)], 1e-7, 1.0)
         loss = float(-np.log(p).mean())
@@ -258,7 +259,7 @@ class EarlyStopping:
                            if k in keep or k.endswith(("shift", "scale"))}
             return False
         self.bad += 1
-        return self.bad >= self.patience
+        return self.patience is not None and self.bad >= self.patience
 
     def restore(self, module: nn.Module) -> None:
         if self._state is not None:

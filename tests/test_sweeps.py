@@ -120,6 +120,7 @@ def test_a_mixed_sweep_sets_epochs_where_a_strategy_has_them(tmp_path, mlflow_st
                   *tiny_overrides, *mlflow_store.overrides("mixed"))
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert "comparison report: " in out.stdout
+    assert "sweep:  50% 1/2 [" in out.stdout + out.stderr and "sweep: 100% 2/2 [" in out.stdout + out.stderr
     runs = mlflow_store.runs("mixed")
     assert [r.info.status for r in runs] == ["FINISHED"] * 3
     children = {r.data.tags["strategy"]: r for r in runs if r.data.tags.get("sweep") != "parent"}
