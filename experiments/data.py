@@ -41,9 +41,19 @@ class Dataset:
     train: Split
     val: Split
     test: Split
-    label_names: list[str]
+    label_names: list[str]  # by class id (sorted string labels, or the integer labels' names)
     sources: dict[str, str] = field(default_factory=dict)  # split -> file or hub id, for tracking
     notes: dict[str, int] = field(default_factory=dict)  # counts worth logging (dropped texts, …)
+    display_order: list[int] | None = None  # class ids in data.label_names order (display only)
+
+    @property
+    def display_names(self) -> list[str]:
+        return [self.label_names[i] for i in self.display_order or range(self.num_labels)]
+
+    def shown(self, labels: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and probability columns renumbered to display_order, for reports (with display_names)."""
+        order = np.asarray(self.display_order or range(self.num_labels))
+        return np.argsort(order)[np.asarray(labels)], proba[:, order]
 
     @property
     def num_labels(self) -> int:
@@ -233,9 +243,10 @@ def encode_labels(
             classes = list(range(len(names)))
         else:
             names = [str(c) for c in classes]
-    else:  # strings (or a mix): sorted names, ids in that order; names_cfg may fix the order
+    else:  # strings (or a mix): sorted names, ids in that order. names_cfg may add classes; its order is for
+        # display only (display_order): ids, splits, fingerprint and training stay those of the sorted names
         train_keys, test_keys = [str(k) for k in train_keys], [str(k) for k in test_keys]
-        classes = [str(n) for n in names_cfg] if names_cfg is not None else sorted(set(train_keys))
+        classes = sorted(str(n) for n in names_cfg) if names_cfg is not None else sorted(set(train_keys))
         names = list(classes)
     index = {c: i for i, c in enumerate(classes)}
     present = sorted(set(train_keys), key=str)
@@ -252,6 +263,15 @@ def encode_labels(
         np.array([index[k] for k in test_keys], dtype=np.int64),
         names,
     )
+
+
+def display_order(names: list[str], names_cfg) -> list[int]:
+    """Class ids in the order data.label_names lists them (reports, plots, prediction columns); the ids'
+    own order when it does not list the same names (null, or integer labels, which it names in id order)."""
+    wanted = [str(n) for n in names_cfg] if names_cfg is not None else []
+    if sorted(wanted) != sorted(names):
+        return list(range(len(names)))
+    return [names.index(n) for n in wanted]
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -332,6 +352,7 @@ def load_dataset(cfg: Mapping) -> Dataset:
         val=take(train_texts, y_train, val_idx),
         test=take(test_texts, y_test, test_idx),
         label_names=names,
+        display_order=display_order(names, cfg.get("label_names")),
         sources=sources,
         notes=notes,
     )

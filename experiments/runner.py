@@ -155,6 +155,24 @@ def _split_frame(split, names: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"text": split.texts, "label": [names[i] for i in split.labels]})
 
 
+def epoch_label(cfg: DictConfig, epoch: int) -> str:
+    """'epoch 3/30' for strategies trained in epochs; the others report their validation scores once."""
+    epochs = cfg.strategy.get("epochs")
+    return f"epoch {epoch}/{epochs}" if epochs else "validation"
+
+
+def speed_text(summary: dict, cached: bool = False) -> str:
+    """Train time and inference throughput. With encoder features read from the feature cache the measured
+    figures leave encoding out (inference on cached features runs at memory speed): show the estimates."""
+    if "inference_examples_per_s_uncached" not in summary:
+        note = "  (encoder features read from the cache: the times leave encoding out)" if cached else ""
+        return f"train {summary['train_time_s']:.1f}s  inference {summary['inference_examples_per_s']:.1f} ex/s{note}"
+    return (f"train ~{summary['train_time_uncached_s']:.1f}s  inference ~"
+            f"{summary['inference_examples_per_s_uncached']:.1f} ex/s (estimated with encoding: the features came "
+            f"from the cache; measured {summary['train_time_s']:.1f}s and "
+            f"{summary['inference_examples_per_s']:.0f} ex/s on cached features)")
+
+
 def run(cfg: DictConfig) -> float | None:
     """One experiment. Returns the validation macro-F1 of the kept model (what sweepers optimise; never test).
 
@@ -252,11 +270,11 @@ def _run(cfg: DictConfig) -> float | None:
     def on_epoch(epoch: int, scalars: dict, val_proba) -> None:
         metrics = {k: float(v) for k, v in scalars.items()}
         if val_proba is not None:
-            val = evaluate(data.val.labels, val_proba, names, prefix="val_").scalars
+            val = evaluate(*data.shown(data.val.labels, val_proba), data.display_names, prefix="val_").scalars
             val_scores[epoch] = {k: val[k] for k in ("val_accuracy", "val_f1_macro", "val_log_loss")}
             metrics |= val_scores[epoch]
         tracking.log_metrics(metrics, step=epoch)
-        log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        log.info("%s: %s", epoch_label(cfg, epoch), "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
     with tracking.tracked_run(experiment_id, run_name, tags, run_id=resume_id) as active:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -294,7 +312,7 @@ def _run(cfg: DictConfig) -> float | None:
                     f"model.max_length, or set strategy.gradient_checkpointing=true"
                 ) from e
             raise
-        ev = evaluate(data.test.labels, proba, names)
+        ev = evaluate(*data.shown(data.test.labels, proba), data.display_names)  # data.label_names' order
         counts, info = strategy.parameter_counts(), strategy.info()
         summary = ev.scalars | {
             "trainable_params": counts["trainable"],
@@ -325,12 +343,12 @@ def _run(cfg: DictConfig) -> float | None:
         tracking.log_params({f"runtime.{k}": str(v) for k, v in info.items()})
         tracking.log_text(ev.report_text, "classification_report.txt")
         tracking.log_dict(ev.report, "classification_report.json")
-        tracking.log_figure(confusion_figure(ev.confusion, names, run_name), "confusion_matrix.png")
+        tracking.log_figure(confusion_figure(ev.confusion, data.display_names, run_name), "confusion_matrix.png")
         if cfg.get("save_predictions", True):
             preds = _split_frame(data.test, names).rename(columns={"label": "true"})
             preds["pred"] = [names[i] for i in proba.argmax(1)]
-            for i, n in enumerate(names):
-                preds[f"prob_{n}"] = proba[:, i]
+            for i in data.display_order or range(len(names)):
+                preds[f"prob_{names[i]}"] = proba[:, i]
             tracking.log_table(preds, "predictions/test_predictions.csv")
         if cfg.get("log_model", True):
             with tempfile.TemporaryDirectory() as tmp:
@@ -344,10 +362,8 @@ def _run(cfg: DictConfig) -> float | None:
     print(
         f"accuracy {summary['test_accuracy']:.4f}  macro-F1 {summary['test_f1_macro']:.4f}  "
         f"trainable {counts['trainable']:,} / {counts['total']:,} params  "
-        f"train {summary['train_time_s']:.1f}s  inference {summary['inference_examples_per_s']:.1f} ex/s  "
+        f"{speed_text(summary, info.get('feature_cache') in ('hit', 'partial'))}  "
         f"peak RSS {summary['peak_rss_mb']:.0f} MB"
-        + ("  (encoder features read from the cache: the times leave encoding out)"
-           if info.get("feature_cache") in ("hit", "partial") else "")
     )
     return summary.get(OBJECTIVE)
 

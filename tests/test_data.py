@@ -199,10 +199,17 @@ def test_csv_with_string_labels(tmp_path):
     assert ds.sources["train"].endswith("train.csv") and ds.sources["test"].endswith("test.csv")
 
 
-def test_label_names_fix_the_order(tmp_path):
+def test_label_names_fix_the_display_order_only(tmp_path):
+    """data.label_names orders the classes in reports; what is trained (ids, splits, fingerprint) stays."""
     unique_dataset(tmp_path)
     ds = load_dataset(unique_cfg(tmp_path, "data.label_names=[c,a,b]"))
-    assert ds.label_names == ["c", "a", "b"]
+    plain = load_dataset(unique_cfg(tmp_path))
+    assert ds.display_names == ["c", "a", "b"] and ds.display_order == [2, 0, 1]
+    assert ds.label_names == plain.label_names == ["a", "b", "c"] and plain.display_names == ["a", "b", "c"]
+    assert ds.fingerprint() == plain.fingerprint()
+    for split in ("train", "val", "test"):
+        assert getattr(ds, split).texts == getattr(plain, split).texts
+        assert getattr(ds, split).labels.tolist() == getattr(plain, split).labels.tolist()
     assert Counter(labels_of(ds.val, ds.label_names)) == {"a": 30, "b": 20, "c": 10}
 
 
