@@ -218,8 +218,8 @@ def reset_memory(device: torch.device) -> None:
 def run_framework(a, folder: Path, texts: list[str], labels: np.ndarray, device, flops_per_seq: int, peak: float) -> dict:
     from experiments.bundle import build_strategy
     from experiments.config import compose
+    from strategies.backbone import collate, tokenize
     from strategies.base import Split
-    from strategies.encoder import collate, tokenize
 
     cfg = compose([
         "strategy=finetune", "model=bert-base", "model.name=bert-base-random", f"model.name_or_path='{folder}'",

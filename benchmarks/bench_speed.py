@@ -40,8 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from experiments.bundle import build_strategy  # noqa: E402
 from experiments.config import compose  # noqa: E402
-from strategies.base import Split  # noqa: E402
-from strategies.encoder import (  # noqa: E402
+from strategies.backbone import (  # noqa: E402
     ModelSpec,
     auto_batch_size,
     extract_features,
@@ -51,7 +50,8 @@ from strategies.encoder import (  # noqa: E402
     set_threads,
     tokenize,
 )
-from strategies.neural import ClassifierHead, make_optimizer, numpy_rng  # noqa: E402
+from strategies.base import Split  # noqa: E402
+from strategies.encoder_base import ClassifierHead, make_optimizer, numpy_rng  # noqa: E402
 
 GOALS = {  # from issue 3, on a 2-core CPU at max_length 512
     "a": ("extraction throughput vs naive", ">=", 4.0),

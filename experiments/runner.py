@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from strategies import distributed as ddp
 from strategies import progress
-from strategies.encoder import set_threads
+from strategies.backbone import set_threads
 
 from . import tracking
 from .bundle import build_strategy, save_bundle

@@ -4,7 +4,7 @@ Hydra already refuses unknown group options and unknown keys (struct mode). This
 each field's type (OmegaConf turns "1e-3" into a float and refuses "abc" for an int) and the ranges in the
 __post_init__ methods. validate() reports the first problem as one line naming the key and what it allows.
 
-- The model group is strategies.encoder.ModelSpec itself, so its checks live in one place.
+- The model group is strategies.backbone.ModelSpec itself, so its checks live in one place.
 - The strategy and classifier groups stay free-form: each strategy's constructor is its own schema.
   check_arguments() holds each strategy.* value to the constructor's type hints (epochs: int, layers:
   Sequence[int], …), the constructor checks ranges, and Strategy.check() tests the rest against the model's
@@ -25,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from strategies.encoder import PRECISIONS, ModelSpec
+from strategies.backbone import PRECISIONS, ModelSpec
 
 from .errors import ConfigError
 

@@ -27,7 +27,7 @@ import torch
 import transformers
 
 from . import distributed as ddp
-from .encoder import ModelSpec
+from .backbone import ModelSpec
 
 log = logging.getLogger("transfer_bench.cache")
 

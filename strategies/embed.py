@@ -13,9 +13,9 @@ from sklearn.preprocessing import StandardScaler
 
 from . import distributed as ddp
 from . import sklearn_utils
+from .backbone import count_parameters
 from .base import EpochCallback, Split, _no_callback
-from .encoder import count_parameters
-from .neural import EncoderStrategy
+from .encoder_base import EncoderStrategy
 
 
 class EmbedStrategy(EncoderStrategy):

@@ -22,8 +22,7 @@ from torch import nn
 
 from . import checkpoint, layerwise, progress
 from . import distributed as ddp
-from .base import EpochCallback, Split, _no_callback
-from .encoder import (
+from .backbone import (
     auto_batch_size,
     autocast,
     collate,
@@ -35,7 +34,8 @@ from .encoder import (
     to_device,
     tokenize,
 )
-from .neural import (
+from .base import EpochCallback, Split, _no_callback
+from .encoder_base import (
     ClassifierHead,
     EarlyStopping,
     EncoderStrategy,
@@ -231,7 +231,7 @@ class FineTuneStrategy(EncoderStrategy):
                 opt.zero_grad(set_to_none=True)
                 # Gradient accumulation over micro-batches: the same step as one batch (each part's loss is
                 # its share of the batch mean), but each part is padded only to its own longest text and its
-                # activations fit in cache — 1.6x faster on a small CPU (see encoder.AUTO_BATCH).
+                # activations fit in cache — 1.6x faster on a small CPU (see backbone.AUTO_BATCH).
                 mine, weight = ddp.batch_share(idx)
                 micro = self.micro_batch_size or len(mine)
                 for start in range(0, len(mine), micro):

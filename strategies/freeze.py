@@ -14,9 +14,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import progress
+from .backbone import count_parameters, to_device
 from .base import EpochCallback, Split, _no_callback
-from .encoder import count_parameters, to_device
-from .neural import (
+from .encoder_base import (
     ClassifierHead,
     EarlyStopping,
     EncoderStrategy,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .encoder import encoder_layers
+from .backbone import encoder_layers
 
 
 def check_layerwise(layer_lr_decay: float | None) -> None:
@@ -32,7 +32,7 @@ def depths(encoder: nn.Module) -> tuple[dict[int, int], int]:
 
 
 def param_groups(encoder: nn.Module, head: nn.Module, lr: float, head_lr: float, decay: float | None) -> list[dict]:
-    """Optimizer groups (for neural.make_optimizer): the head, then one group per depth with its rate."""
+    """Optimizer groups (for encoder_base.make_optimizer): the head, then one group per depth with its rate."""
     if decay is None:
         return [{"params": list(encoder.parameters()), "lr": lr}, {"params": list(head.parameters()), "lr": head_lr}]
     depth, n = depths(encoder)

@@ -15,8 +15,8 @@ from conftest import compose, demo_split, tiny_model_overrides
 from transformers import AutoTokenizer, PreTrainedModel
 
 from experiments.bundle import build_strategy
+from strategies.backbone import ModelSpec, _cpu_has_bf16
 from strategies.cache import FeatureCache, tokenizer_identity, weights_identity
-from strategies.encoder import ModelSpec, _cpu_has_bf16
 
 TRAIN, VAL, TEST = demo_split(48), demo_split(16, offset=48), demo_split(16, split="test")
 

@@ -9,7 +9,7 @@ from conftest import compose, demo_split
 
 import strategies.finetune as finetune
 from experiments.bundle import build_strategy
-from strategies.neural import EarlyStopping
+from strategies.encoder_base import EarlyStopping
 
 LR, HEAD_LR, DECAY = 1e-4, 1e-3, 0.5
 

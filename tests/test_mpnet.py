@@ -17,7 +17,7 @@ import torch
 from conftest import STRATEGY_PRESETS, compose, demo_split, preset_has, read_demo
 
 from experiments.bundle import build_strategy
-from strategies.encoder import ModelSpec, encoder_layers, encoder_skeleton, max_tokens
+from strategies.backbone import ModelSpec, encoder_layers, encoder_skeleton, max_tokens
 from strategies.packaged import assemble
 
 FAKE_SHA = hashlib.sha256(b"weights").hexdigest()
@@ -196,7 +196,7 @@ real = pytest.mark.skipif(not _installed(), reason="the mpnet packages are not i
 @pytest.mark.slow
 @real
 def test_real_mpnet_loads_verified_and_encodes():
-    from strategies.encoder import extract_features, load_encoder, load_tokenizer, sha256_of
+    from strategies.backbone import extract_features, load_encoder, load_tokenizer, sha256_of
 
     spec = ModelSpec.from_config(compose(["model=mpnet"]).model)
     folder = Path(spec.resolve_path())

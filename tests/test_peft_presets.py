@@ -10,7 +10,7 @@ import torch
 from conftest import compose, demo_split
 
 from experiments.bundle import build_strategy
-from strategies.encoder import collate, forward_features, tokenize
+from strategies.backbone import collate, forward_features, tokenize
 
 HEAD = 32 * 2 + 2  # linear head on the 32-wide encoder, 2 classes
 HAND_COUNT = {
@@ -72,7 +72,7 @@ def test_bad_combinations_fail_before_weights_load(name, extra, message, tiny_ov
     def refuse(*args, **kwargs):
         raise AssertionError("weights loaded before the config was checked")
 
-    monkeypatch.setattr("strategies.neural.load_encoder", refuse)
+    monkeypatch.setattr("strategies.encoder_base.load_encoder", refuse)
     with pytest.raises(ConfigError, match=re.escape(message)) as err:
         check_config(compose([f"strategy={name}", *tiny_overrides, extra]))
     assert "\n" not in str(err.value)

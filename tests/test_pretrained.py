@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import compose
 
-from strategies.encoder import ModelSpec, load_encoder, sha256_of, verify_weights
+from strategies.backbone import ModelSpec, load_encoder, sha256_of, verify_weights
 
 pytestmark = pytest.mark.slow
 

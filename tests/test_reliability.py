@@ -18,7 +18,7 @@ from conftest import RUN_PY, STRATEGY_PRESETS, compose, subprocess_env
 from experiments.bundle import build_strategy
 from experiments.runner import check_config, run
 from experiments.schema import DataConfig, RunConfig
-from strategies.encoder import ModelSpec
+from strategies.backbone import ModelSpec
 
 
 # ----------------------------------------------------------------------------- bad data files
@@ -131,8 +131,8 @@ def nothing_heavy_loads(monkeypatch):
         return load
 
     monkeypatch.setattr("experiments.runner.load_dataset", refuse("the data"))
-    monkeypatch.setattr("strategies.neural.load_encoder", refuse("the encoder"))
-    monkeypatch.setattr("strategies.neural.load_tokenizer", refuse("the tokenizer"))
+    monkeypatch.setattr("strategies.encoder_base.load_encoder", refuse("the encoder"))
+    monkeypatch.setattr("strategies.encoder_base.load_tokenizer", refuse("the tokenizer"))
     monkeypatch.setattr(AutoModel, "from_pretrained", refuse("pretrained weights"))
 
 

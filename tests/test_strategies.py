@@ -8,7 +8,7 @@ import torch
 from conftest import STRATEGY_PRESETS, compose, demo_split, preset_has
 
 from experiments.bundle import build_strategy
-from strategies.encoder import _cpu_has_bf16, collate, extract_features, length_batches, tokenize
+from strategies.backbone import _cpu_has_bf16, collate, extract_features, length_batches, tokenize
 from strategies.freeze import FreezeStrategy
 
 NUM_LABELS = 2
@@ -211,7 +211,7 @@ def test_micro_batches_take_the_same_step_as_one_batch(micro, tiny_overrides, tr
                for m in (micro, "null")]
     for name, w in weights[0].items():
         torch.testing.assert_close(w, weights[1][name], rtol=1e-4, atol=1e-5, msg=name)
-    assert make(tiny_overrides, "finetune").micro_batch_size == 4  # auto on CPU (encoder.AUTO_BATCH)
+    assert make(tiny_overrides, "finetune").micro_batch_size == 4  # auto on CPU (backbone.AUTO_BATCH)
 
 
 def fit_without_dropout(tiny_overrides, train_split, *extra: str) -> dict[str, torch.Tensor]:
@@ -227,7 +227,7 @@ def fit_without_dropout(tiny_overrides, train_split, *extra: str) -> dict[str, t
 
 
 def test_fp16_loss_scaling_takes_the_same_steps(tiny_overrides, train_split, monkeypatch):
-    """fp16 training scales the loss (neural.grad_scaler); gradients must be unscaled before clipping and the
+    """fp16 training scales the loss (encoder_base.grad_scaler); gradients must be unscaled before clipping and the
     step. fp16 itself needs CUDA, so the scaler runs here on CPU in fp32 (scales are powers of 2: exact)."""
     import strategies.finetune as finetune
 

@@ -1,5 +1,6 @@
-"""Shared pieces of the strategies that use a pretrained encoder: lazy loading, device and precision,
-the classification head, and the optimiser recipe."""
+"""EncoderStrategy, the base class of the strategies that use a pretrained encoder (embed, freeze, finetune):
+lazy loading, device and precision, the feature cache; and what their training shares: the classification
+head, the optimiser recipe, early stopping. The backbone functions it calls are in backbone.py."""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ import torch
 from torch import nn
 
 from . import distributed as ddp
-from .base import Strategy
-from .cache import FeatureCache, texts_digest, tokenizer_identity, weights_identity
-from .encoder import (
+from .backbone import (
     COMBINES,
     POOLINGS,
     ModelSpec,
@@ -26,6 +25,8 @@ from .encoder import (
     resolve_device,
     resolve_precision,
 )
+from .base import Strategy
+from .cache import FeatureCache, texts_digest, tokenizer_identity, weights_identity
 
 HEADS = ("linear", "mlp")
 
@@ -86,7 +87,7 @@ class EncoderStrategy(Strategy):
         pooling: str = "cls",
         layers: Sequence[int] = (-1,),
         combine: str = "concat",
-        encode_batch_size: int | None = None,  # None = auto (encoder.AUTO_BATCH: 8 on CPU, 64 on GPU)
+        encode_batch_size: int | None = None,  # None = auto (backbone.AUTO_BATCH: 8 on CPU, 64 on GPU)
         device: str = "auto",
         precision: str = "auto",
         cache: bool = False,

@@ -1,5 +1,6 @@
-"""Everything the encoder-based strategies share: loading a verified BERT, choosing device and precision,
-tokenising once, length-bucketed batches, and pooled features from any layers."""
+"""The pretrained backbone, as functions (no strategy lives here): loading a verified BERT, choosing device and
+precision, tokenising once, length-bucketed batches, and pooled features from any layers. The strategies'
+shared base class is in encoder_base.py."""
 
 from __future__ import annotations
 
