@@ -165,7 +165,7 @@ def part_b(ctx) -> dict:
                 with Timer() as t:
                     strategy.fit(ctx["train"])
                     pred = strategy.predict(test.texts)
-            rows[label] = (t, pred, strategy.info().get("feature_cache"))
+            rows[label] = (t, pred, strategy.fit_report().feature_cache)
     t, pred, _ = rows["ours"]
     tw, pred_w, state = rows["ours_warm_cache"]
     acc = lambda p: float(np.mean(p == test.labels))  # noqa: E731
@@ -189,7 +189,7 @@ def part_c(ctx) -> dict:
         with Timer() as t:
             strategy.fit(train)
             pred = strategy.predict(test.texts)
-        return t.s, float(np.mean(pred == test.labels)), strategy.info().get("feature_cache")
+        return t.s, float(np.mean(pred == test.labels)), strategy.fit_report().feature_cache
 
     out = {"train": len(train), "test": len(test), "classifiers": list(CLASSIFIERS)}
     with tempfile.TemporaryDirectory() as single_dir, tempfile.TemporaryDirectory() as sweep_dir:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .config import BOOKKEEPING
+from .identity import NOT_CONFIG
 
 ALPHA = 0.05
 EXACT_BELOW = 25  # McNemar: exact binomial when b + c < 25, where the chi-square approximation is poor
@@ -34,9 +34,6 @@ TRAIN_SIZE, LAYERS = "data.train_size", "strategy.layers"
 CACHE = "params.runtime.feature_cache"  # hit/partial: the run read encoder features instead of computing them
 TIMINGS = ("train_time_s", "examples_per_s")
 UNCACHED = {"train_time_s": "train_time_uncached_s", "examples_per_s": "inference_examples_per_s_uncached"}
-# Params that never make two runs different configurations: bookkeeping, outputs of the run, and the seed
-# itself (seeds are the replicates that mean ± std is taken over).
-NOT_CONFIG = {"seed", "log_model", "save_predictions", *BOOKKEEPING}
 TAGS = ("strategy", "model", "dataset")  # group-by keys shown bare in labels; params show as name=value
 METRICS = {  # table column -> MLflow metric
     "acc": "test_accuracy",

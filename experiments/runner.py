@@ -6,7 +6,6 @@ asks which kind of strategy it is running."""
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import logging
 import random
@@ -14,6 +13,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +25,15 @@ from omegaconf import DictConfig, OmegaConf
 from strategies import distributed as ddp
 from strategies import progress
 from strategies.backbone import set_threads
+from strategies.base import FitReport, Strategy
 
 from . import tracking
 from .bundle import build_strategy, save_bundle
 from .callbacks import read_parent
-from .config import BOOKKEEPING
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError, UserError
-from .metrics import confusion_figure, evaluate
+from .identity import config_hash, run_params
+from .metrics import Evaluation, confusion_figure, evaluate
 from .resources import Measure
 from .schema import check_arguments, validate
 
@@ -106,35 +107,6 @@ def _sweep_dir() -> Path | None:
     return Path(HydraConfig.get().sweep.dir)
 
 
-def run_params(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config, flattened, without the copies the strategy holds by interpolation
-    (strategy.encoder = model, strategy.classifier = classifier) and without groups it does not use."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    strategy = resolved["strategy"]
-    for shared in ("encoder", "classifier"):
-        if shared in strategy:
-            strategy.pop(shared)
-        else:
-            resolved.pop({"encoder": "model"}.get(shared, shared), None)
-    for volatile in ("hydra", "resume"):  # resume=true continues the same run: its params must not change
-        resolved.pop(volatile, None)
-    return tracking.flatten(resolved)
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """Identity of a run's configuration (what skip_finished and a resumed run match): everything but
-    hydra's own settings and the BOOKKEEPING keys."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved.pop("hydra", None)
-    for key in BOOKKEEPING:
-        *parents, last = key.split(".")
-        node = resolved
-        for p in parents:
-            node = node.get(p) or {}
-        node.pop(last, None)
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def checkpoint_path(cfg: DictConfig) -> Path:
     return Path(cfg.get("checkpoint_dir", "checkpoints")).expanduser() / config_hash(cfg)
 
@@ -145,7 +117,9 @@ def checkpoint_folder(cfg: DictConfig) -> tuple[Path, str | None]:
     meta = folder / "run.json"
     if cfg.get("resume", False):
         if meta.is_file():
-            return folder, json.loads(meta.read_text())["run_id"]
+            run_id = json.loads(meta.read_text())["run_id"]
+            log.info("resuming MLflow run %s from %s", run_id, folder)
+            return folder, run_id
         log.warning("resume=true but %s holds no interrupted run of this config: starting afresh", folder)
     shutil.rmtree(folder, ignore_errors=True)  # state of an earlier interrupted run is stale now
     return folder, None
@@ -205,14 +179,52 @@ def run(cfg: DictConfig) -> float | None:
             torch.cuda.empty_cache()
 
 
+def _run(cfg: DictConfig) -> float | None:
+    """One run as named steps; run() wraps it with the failure handling."""
+    t_start = time.perf_counter()
+    quiet_libraries()
+    set_threads()
+    join_process_group(cfg)  # under torchrun; nothing otherwise
+    check_config(cfg)  # a config that cannot work fails here, not after the data and weights have loaded
+    if not ddp.is_main():
+        return _follow(cfg)
+    experiment_id = tracking.setup(cfg.tracking_uri, cfg.experiment_name)
+    done = finished_run(cfg, experiment_id)  # before loading anything: skipping is instant
+    if done is not None:
+        return done.data.metrics.get(OBJECTIVE)  # same config, same result: a sweeper may count it
+    data = load_data(cfg)
+    strategy = make_strategy(cfg, data.num_labels)
+    ckpt_dir, resume_id = checkpoint_folder(cfg)
+    strategy.enable_checkpoints(ckpt_dir, int(cfg.get("checkpoint_every", 0)))
+    run_name, tags = describe_run(cfg, data, strategy)
+    with tracking.tracked_run(experiment_id, run_name, tags, run_id=resume_id) as active:
+        remember_run(ckpt_dir, active.info.run_id)  # what resume=true continues if this process dies
+        log_inputs(cfg, data, resumed=resume_id is not None)
+        fitted = fit_and_predict(cfg, strategy, data)
+        summary = summarise(fitted, strategy, data)
+        log_outputs(cfg, fitted, summary, strategy, data, run_name)
+        tracking.log_metrics({"wall_time_s": time.perf_counter() - t_start})
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # FINISHED: nothing left to resume
+    print_result(cfg, run_name, active.info.run_id, fitted, summary)
+    return summary.get(OBJECTIVE)
+
+
+# ----------------------------------------------------------------------------- the steps, in run order
+def join_process_group(cfg: DictConfig) -> None:
+    """Under torchrun: join the process group (nothing otherwise), before anything asks CUDA about a device:
+    that would open a context on GPU 0 in every rank."""
+    try:
+        ddp.setup(cfg.get("device", "auto"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _follow(cfg: DictConfig) -> None:
     """A rank other than 0 under torchrun: with the same seeds, data and strategy as rank 0 it takes its share
     of training and evaluation, in step with rank 0. It never touches MLflow or the checkpoint folder (rank 0
     reads the checkpoint and sends it) and reports nothing."""
     logging.getLogger().setLevel(logging.WARNING)  # one copy of the progress lines: rank 0's
-    seed_everything(int(cfg.seed))
-    data: Dataset = load_dataset(cfg.data)
-    seed_everything(int(cfg.seed))
+    data = load_data(cfg)
     strategy = make_strategy(cfg, data.num_labels)
     strategy.enable_checkpoints(checkpoint_path(cfg), int(cfg.get("checkpoint_every", 0)))
     strategy.fit(data.train, data.val)
@@ -220,34 +232,25 @@ def _follow(cfg: DictConfig) -> None:
     return None
 
 
-def _run(cfg: DictConfig) -> float | None:
-    t_start = time.perf_counter()
-    quiet_libraries()
-    set_threads()
-    # Under torchrun: join the process group (nothing otherwise), before anything asks CUDA about a device:
-    # that would open a context on GPU 0 in every rank.
-    try:
-        ddp.setup(cfg.get("device", "auto"))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    check_config(cfg)  # a config that cannot work fails here, not after the data and weights have loaded
-    if not ddp.is_main():
-        return _follow(cfg)
-    experiment_id = tracking.setup(cfg.tracking_uri, cfg.experiment_name)
-    sweep = _sweep_dir()
-    chash = config_hash(cfg)
-    if sweep is not None and cfg.get("skip_finished", True):  # before loading anything: skipping is instant
-        done = tracking.find_finished(experiment_id, chash)
-        if done is not None:  # a re-launched sweep continues where it stopped
-            log.info("skipping: run %s already FINISHED this exact config (skip_finished=false to rerun)", done.info.run_id)
-            return done.data.metrics.get(OBJECTIVE)  # same config, same result: a sweeper may count it
+def finished_run(cfg: DictConfig, experiment_id: str):
+    """In a sweep (skip_finished=true): the FINISHED run of this exact config, if there is one."""
+    if _sweep_dir() is None or not cfg.get("skip_finished", True):
+        return None
+    done = tracking.find_finished(experiment_id, config_hash(cfg))
+    if done is not None:  # a re-launched sweep continues where it stopped
+        log.info("skipping: run %s already FINISHED this exact config (skip_finished=false to rerun)", done.info.run_id)
+    return done
+
+
+def load_data(cfg: DictConfig) -> Dataset:
     seed_everything(int(cfg.seed))
-    data: Dataset = load_dataset(cfg.data)
+    data = load_dataset(cfg.data)
     seed_everything(int(cfg.seed))  # the strategy's initialisation must not depend on how data was read
-    strategy = make_strategy(cfg, data.num_labels)
-    names = data.label_names
-    ckpt_dir, resume_id = checkpoint_folder(cfg)
-    strategy.enable_checkpoints(ckpt_dir, int(cfg.get("checkpoint_every", 0)))
+    return data
+
+
+def describe_run(cfg: DictConfig, data: Dataset, strategy: Strategy) -> tuple[str, dict[str, str]]:
+    """The run's name and tags (what the UI and the report group by), and a line saying what runs."""
     model_tag = strategy.model_name or "none"
     tags = {
         "strategy": cfg.strategy.name,
@@ -255,17 +258,60 @@ def _run(cfg: DictConfig) -> float | None:
         "dataset": data.name,
         "seed": str(cfg.seed),
         "data_fingerprint": data.fingerprint(),
-        "config_hash": chash,
+        "config_hash": config_hash(cfg),
         "distributed_backend": ddp.backend(),  # gloo | nccl under torchrun, none for a plain run
     } | tracking.environment_tags()
+    sweep = _sweep_dir()
     parent = read_parent(sweep) if sweep is not None else None
     if parent is not None:
         tags["mlflow.parentRunId"] = parent  # child of the sweep's parent run
     run_name = f"{cfg.strategy.name}-{model_tag}-{data.name}-s{cfg.seed}"
     log.info("run %s: train %d / val %d / test %d, %d classes", run_name, len(data.train), len(data.val),
              len(data.test), data.num_labels)
+    return run_name, tags
 
-    val_scores: dict[int, dict] = {}  # epoch -> validation accuracy, macro-F1, log-loss
+
+def remember_run(ckpt_dir: Path, run_id: str) -> None:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / "run.json").write_text(json.dumps({"run_id": run_id}))
+
+
+def log_inputs(cfg: DictConfig, data: Dataset, resumed: bool) -> None:
+    """The config and the splits (a resumed run logged them when it started), and the split sizes."""
+    names = data.label_names
+    if not resumed:
+        tracking.log_params(run_params(cfg))
+        tracking.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
+        tracking.log_inputs(
+            {
+                "training": (_split_frame(data.train, names), data.sources.get("train")),
+                "validation": (_split_frame(data.val, names), data.sources.get("train")),
+                "test": (_split_frame(data.test, names), data.sources.get("test")),
+            },
+            data.name,
+        )
+    tracking.log_metrics(
+        {"data_train_size": len(data.train), "data_val_size": len(data.val), "data_test_size": len(data.test),
+         "world_size": ddp.world_size()}  # processes that trained together (torchrun); 1 = plain run
+        | {f"data_{k}": v for k, v in data.notes.items()}
+    )
+
+@dataclass
+class Fitted:
+    """What fit_and_predict measured."""
+
+    proba: np.ndarray  # test probabilities
+    fit: Measure
+    inference: Measure
+    val_scores: dict[int, dict]  # epoch -> validation accuracy, macro-F1, log-loss
+    saved_in_fit_s: float  # of FitReport.time_saved_s, the part saved while fitting (not predicting)
+    report: FitReport  # read after predicting
+    evaluation: Evaluation  # the test metrics
+
+
+def fit_and_predict(cfg: DictConfig, strategy: Strategy, data: Dataset) -> Fitted:
+    """Fit (logging each epoch's scores on the validation split), then predict the test split, timed."""
+    val_scores: dict[int, dict] = {}
 
     def on_epoch(epoch: int, scalars: dict, val_proba) -> None:
         metrics = {k: float(v) for k, v in scalars.items()}
@@ -276,96 +322,85 @@ def _run(cfg: DictConfig) -> float | None:
         tracking.log_metrics(metrics, step=epoch)
         log.info("%s: %s", epoch_label(cfg, epoch), "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
-    with tracking.tracked_run(experiment_id, run_name, tags, run_id=resume_id) as active:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (ckpt_dir / "run.json").write_text(json.dumps({"run_id": active.info.run_id}))
-        if resume_id is None:
-            tracking.log_params(run_params(cfg))
-            tracking.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
-            tracking.log_inputs(
-                {
-                    "training": (_split_frame(data.train, names), data.sources.get("train")),
-                    "validation": (_split_frame(data.val, names), data.sources.get("train")),
-                    "test": (_split_frame(data.test, names), data.sources.get("test")),
-                },
-                data.name,
-            )
-        else:
-            log.info("resuming MLflow run %s from %s", resume_id, ckpt_dir)
-        tracking.log_metrics(
-            {"data_train_size": len(data.train), "data_val_size": len(data.val), "data_test_size": len(data.test),
-             "world_size": ddp.world_size()}  # processes that trained together (torchrun); 1 = plain run
-            | {f"data_{k}": v for k, v in data.notes.items()}
-        )
+    try:
+        with Measure() as fit_m:
+            strategy.fit(data.train, data.val, on_epoch)
+        saved_in_fit = float(strategy.fit_report().time_saved_s or 0.0)
+        with Measure() as inf_m:
+            proba = strategy.predict_proba(data.test.texts)
+    except (RuntimeError, MemoryError) as e:
+        if _is_oom(e):
+            raise MemoryError(
+                f"out of memory on {strategy.info().get('device', 'cpu')}: lower strategy.micro_batch_size "
+                f"(the same training, less memory), strategy.encode_batch_size, strategy.batch_size or "
+                f"model.max_length, or set strategy.gradient_checkpointing=true"
+            ) from e
+        raise
+    return Fitted(proba, fit_m, inf_m, val_scores, saved_in_fit, strategy.fit_report(),
+                  evaluate(*data.shown(data.test.labels, proba), data.display_names))  # data.label_names' order
 
-        try:
-            with Measure() as fit_m:
-                strategy.fit(data.train, data.val, on_epoch)
-            saved_in_fit = float(strategy.info().get("time_saved_s", 0.0))
-            with Measure() as inf_m:
-                proba = strategy.predict_proba(data.test.texts)
-        except (RuntimeError, MemoryError) as e:
-            if _is_oom(e):
-                raise MemoryError(
-                    f"out of memory on {strategy.info().get('device', 'cpu')}: lower strategy.micro_batch_size "
-                    f"(the same training, less memory), strategy.encode_batch_size, strategy.batch_size or "
-                    f"model.max_length, or set strategy.gradient_checkpointing=true"
-                ) from e
-            raise
-        ev = evaluate(*data.shown(data.test.labels, proba), data.display_names)  # data.label_names' order
-        counts, info = strategy.parameter_counts(), strategy.info()
-        summary = ev.scalars | {
-            "trainable_params": counts["trainable"],
-            "total_params": counts["total"],
-            "trainable_fraction": counts["trainable"] / max(1, counts["total"]),
-            # a resumed run adds the training time spent before the interruption (up to its last checkpoint)
-            "train_time_s": fit_m.seconds + float(info.get("train_time_before_resume_s", 0.0)),
-            "inference_time_s": inf_m.seconds,
-            "inference_examples_per_s": len(data.test) / max(inf_m.seconds, 1e-9),
-            "peak_rss_mb": max(fit_m.peak_rss_mb, inf_m.peak_rss_mb),
-            # in a sweep's one process, RSS carries what earlier jobs left: the start shows how much
-            "rss_at_start_mb": fit_m.start_rss_mb,
-            "peak_cuda_mb": max(fit_m.peak_cuda_mb, inf_m.peak_cuda_mb),
-        }
-        # Work a strategy skipped by reusing stored results (the feature cache): the measured times leave it
-        # out, so the report also gets what the run would have cost without them (an estimate).
-        saved = float(info.get("time_saved_s", 0.0))
-        if saved:
-            summary["train_time_uncached_s"] = summary["train_time_s"] + saved_in_fit
-            summary["inference_examples_per_s_uncached"] = len(data.test) / (inf_m.seconds + saved - saved_in_fit)
-        # The model that was kept (the best epoch when early stopping restored one, else the last): its
-        # validation scores, and what a sweeper optimises (its macro-F1). Never a test metric.
-        kept = info.get("best_epoch") or max(val_scores, default=None)
-        if kept in val_scores:
-            summary |= {"kept_epoch": kept} | {f"kept_{k}": v for k, v in val_scores[kept].items()}
-            summary[OBJECTIVE] = val_scores[kept]["val_f1_macro"]
-        tracking.log_metrics(summary)
-        tracking.log_params({f"runtime.{k}": str(v) for k, v in info.items()})
-        tracking.log_text(ev.report_text, "classification_report.txt")
-        tracking.log_dict(ev.report, "classification_report.json")
-        tracking.log_figure(confusion_figure(ev.confusion, data.display_names, run_name), "confusion_matrix.png")
-        if cfg.get("save_predictions", True):
-            preds = _split_frame(data.test, names).rename(columns={"label": "true"})
-            preds["pred"] = [names[i] for i in proba.argmax(1)]
-            for i in data.display_order or range(len(names)):
-                preds[f"prob_{names[i]}"] = proba[:, i]
-            tracking.log_table(preds, "predictions/test_predictions.csv")
-        if cfg.get("log_model", True):
-            with tempfile.TemporaryDirectory() as tmp:
-                tracking.log_model(save_bundle(strategy, cfg.strategy, names, Path(tmp) / "bundle"))
-        tracking.log_metrics({"wall_time_s": time.perf_counter() - t_start})
-        run_id = active.info.run_id
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # FINISHED: nothing left to resume
 
+def summarise(fitted: Fitted, strategy: Strategy, data: Dataset) -> dict[str, float]:
+    """The run's summary metrics: test scores, size, time and memory, and the kept model's validation scores."""
+    counts, report, n_test = strategy.parameter_counts(), fitted.report, len(data.test)
+    fit_m, inf_m = fitted.fit, fitted.inference
+    summary = fitted.evaluation.scalars | {
+        "trainable_params": counts["trainable"],
+        "total_params": counts["total"],
+        "trainable_fraction": counts["trainable"] / max(1, counts["total"]),
+        # a resumed run adds the training time spent before the interruption (up to its last checkpoint)
+        "train_time_s": fit_m.seconds + float(report.train_time_before_resume_s or 0.0),
+        "inference_time_s": inf_m.seconds,
+        "inference_examples_per_s": n_test / max(inf_m.seconds, 1e-9),
+        "peak_rss_mb": max(fit_m.peak_rss_mb, inf_m.peak_rss_mb),
+        # in a sweep's one process, RSS carries what earlier jobs left: the start shows how much
+        "rss_at_start_mb": fit_m.start_rss_mb,
+        "peak_cuda_mb": max(fit_m.peak_cuda_mb, inf_m.peak_cuda_mb),
+    }
+    # Work a strategy skipped by reusing stored results (the feature cache): the measured times leave it
+    # out, so the report also gets what the run would have cost without them (an estimate).
+    saved = float(report.time_saved_s or 0.0)
+    if saved:
+        summary["train_time_uncached_s"] = summary["train_time_s"] + fitted.saved_in_fit_s
+        summary["inference_examples_per_s_uncached"] = n_test / (inf_m.seconds + saved - fitted.saved_in_fit_s)
+    # The model that was kept (the best epoch when early stopping restored one, else the last): its
+    # validation scores, and what a sweeper optimises (its macro-F1). Never a test metric.
+    kept = report.best_epoch or max(fitted.val_scores, default=None)
+    if kept in fitted.val_scores:
+        summary |= {"kept_epoch": kept} | {f"kept_{k}": v for k, v in fitted.val_scores[kept].items()}
+        summary[OBJECTIVE] = fitted.val_scores[kept]["val_f1_macro"]
+    return summary
+
+
+def log_outputs(cfg: DictConfig, fitted: Fitted, summary: dict, strategy: Strategy, data: Dataset, run_name: str) -> None:
+    """Summary metrics, the strategy's runtime facts, the classification report, the confusion matrix, the
+    test predictions and the model."""
+    ev, names = fitted.evaluation, data.label_names
+    tracking.log_metrics(summary)
+    tracking.log_params({f"runtime.{k}": str(v) for k, v in (strategy.info() | fitted.report.params()).items()})
+    tracking.log_text(ev.report_text, "classification_report.txt")
+    tracking.log_dict(ev.report, "classification_report.json")
+    tracking.log_figure(confusion_figure(ev.confusion, data.display_names, run_name), "confusion_matrix.png")
+    if cfg.get("save_predictions", True):
+        preds = _split_frame(data.test, names).rename(columns={"label": "true"})
+        preds["pred"] = [names[i] for i in fitted.proba.argmax(1)]
+        for i in data.display_order or range(len(names)):
+            preds[f"prob_{names[i]}"] = fitted.proba[:, i]
+        tracking.log_table(preds, "predictions/test_predictions.csv")
+    if cfg.get("log_model", True):
+        with tempfile.TemporaryDirectory() as tmp:
+            tracking.log_model(save_bundle(strategy, cfg.strategy, names, Path(tmp) / "bundle"))
+
+
+def print_result(cfg: DictConfig, run_name: str, run_id: str, fitted: Fitted, summary: dict) -> None:
     print(f"\n== {run_name}  (MLflow run {run_id}, experiment '{cfg.experiment_name}')")
-    print(ev.report_text)
+    print(fitted.evaluation.report_text)
     print(
         f"accuracy {summary['test_accuracy']:.4f}  macro-F1 {summary['test_f1_macro']:.4f}  "
-        f"trainable {counts['trainable']:,} / {counts['total']:,} params  "
-        f"{speed_text(summary, info.get('feature_cache') in ('hit', 'partial'))}  "
+        f"trainable {summary['trainable_params']:,} / {summary['total_params']:,} params  "
+        f"{speed_text(summary, fitted.report.feature_cache in ('hit', 'partial'))}  "
         f"peak RSS {summary['peak_rss_mb']:.0f} MB"
     )
-    return summary.get(OBJECTIVE)
 
 
 __all__ = ["run", "ConfigError", "DataError", "UserError"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import subprocess
@@ -45,17 +44,6 @@ def find_finished(experiment_id: str, config_hash: str):
         max_results=1, output_format="list",
     )
     return runs[0] if runs else None
-
-
-def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out |= flatten(value, f"{name}.")
-        else:
-            out[name] = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
-    return out
 
 
 def log_params(params: Mapping[str, str]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,23 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What a strategy tells the runner about its last fit(); None = does not apply to this strategy. The
+    runner uses the times in its metrics and logs every field that applies as a runtime.<field> param."""
+
+    best_epoch: int | None = None  # the epoch early stopping kept (None: the last epoch is the model)
+    resumed_from_step: int | None = None  # the checkpointed step a resumed fit continued from
+    train_time_before_resume_s: float | None = None  # training seconds spent before the interruption
+    feature_cache: str | None = None  # off | unused | hit | miss | partial (None: no feature cache)
+    feature_cache_hits: int | None = None  # lookups answered from the cache
+    feature_cache_misses: int | None = None  # lookups computed (and stored)
+    time_saved_s: float | None = None  # seconds of work skipped by reusing stored results (cache hits)
+
+    def params(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 # on_epoch(epoch, scalars, val_proba): scalars such as {"train_loss": 0.4}; val_proba are the
@@ -77,9 +94,14 @@ class Strategy(ABC):
     def load(self, path: Path) -> None:
         """Restore what save wrote, on a strategy built from the same config."""
 
+    def fit_report(self) -> FitReport:
+        """What the last fit() did that the runner's metrics depend on (see FitReport). Read after fit() and
+        again after predict_proba(), since cache hits while predicting save time too."""
+        return FitReport()
+
     def info(self) -> dict:
-        """Facts worth logging that only the strategy knows (device, precision, …). `time_saved_s`: seconds
-        of work skipped so far by reusing stored results (the runner logs uncached time estimates from it)."""
+        """Free-form facts worth logging that only the strategy knows (device, precision, …): the runner
+        logs them as runtime.<key> params and never reads them."""
         return {}
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:

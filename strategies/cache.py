@@ -158,7 +158,7 @@ class FeatureCache:
         return feats
 
     def status(self) -> dict:
-        """For Strategy.info(): hit (every lookup hit), miss (none did), partial, or unused."""
+        """The FitReport fields of the cache: hit (every lookup hit), miss (none did), partial, or unused."""
         if not self.hits + self.misses:
             state = "unused"
         else:

@@ -25,7 +25,7 @@ from .backbone import (
     resolve_device,
     resolve_precision,
 )
-from .base import Strategy
+from .base import FitReport, Strategy
 from .cache import FeatureCache, texts_digest, tokenizer_identity, weights_identity
 
 HEADS = ("linear", "mlp")
@@ -171,11 +171,11 @@ class EncoderStrategy(Strategy):
         )
 
     def info(self) -> dict:
-        info = {"device": str(self.device), "precision": self.precision, "max_length": self.spec.max_length}
-        info |= self.feature_cache.status() if self.feature_cache else {"feature_cache": "off"}
-        if getattr(self, "best_epoch", 0):
-            info["best_epoch"] = self.best_epoch  # the epoch early stopping kept
-        return info
+        return {"device": str(self.device), "precision": self.precision, "max_length": self.spec.max_length}
+
+    def fit_report(self) -> FitReport:
+        cache = self.feature_cache.status() if self.feature_cache else {"feature_cache": "off"}
+        return FitReport(best_epoch=getattr(self, "best_epoch", 0) or None, **cache)  # 0: no epoch was kept
 
 
 def make_optimizer(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from .backbone import (
     to_device,
     tokenize,
 )
-from .base import EpochCallback, Split, _no_callback
+from .base import EpochCallback, FitReport, Split, _no_callback
 from .encoder_base import (
     ClassifierHead,
     EarlyStopping,
@@ -314,11 +315,11 @@ class FineTuneStrategy(EncoderStrategy):
             raise RuntimeError("call fit() or load() before predict_proba()")
         return self._proba(tokenize(self.tokenizer, texts, self.spec.max_length))
 
-    def info(self) -> dict:
+    def fit_report(self) -> FitReport:
         if not self.resumed_from_step:
-            return super().info()
-        return super().info() | {"resumed_from_step": self.resumed_from_step,
-                                 "train_time_before_resume_s": round(self.train_time_before_resume_s, 3)}
+            return super().fit_report()
+        return replace(super().fit_report(), resumed_from_step=self.resumed_from_step,
+                       train_time_before_resume_s=round(self.train_time_before_resume_s, 3))
 
     def parameter_counts(self) -> dict[str, int]:
         trainable, total = count_parameters(self.net)

@@ -56,17 +56,17 @@ def test_second_identical_run_does_no_encoding(name, tiny_copy, tmp_path, encode
     first = make(tiny_copy, tmp_path / "cache", strategy=name)
     proba = fit_predict(first)
     assert encoder_forwards, "the first run must encode"
-    assert first.info()["feature_cache"] == "miss" and first.info()["feature_cache_misses"] == 3  # train, val, test
+    assert first.fit_report().feature_cache == "miss" and first.fit_report().feature_cache_misses == 3  # train, val, test
 
     encoder_forwards.clear()
     second = make(tiny_copy, tmp_path / "cache", strategy=name)
     again = fit_predict(second)
     assert not encoder_forwards, f"{len(encoder_forwards)} encoder forward calls on a cache hit"
-    assert second.info()["feature_cache"] == "hit" and second.info()["feature_cache_hits"] == 3
+    assert second.fit_report().feature_cache == "hit" and second.fit_report().feature_cache_hits == 3
     # what the hits saved: the first run's encoding time, stored beside each entry
     stored = sum(json.loads(p.read_text())["seconds"] for p in (tmp_path / "cache").glob("*.json"))
-    assert first.info()["time_saved_s"] == 0 and stored > 0
-    assert second.info()["time_saved_s"] == pytest.approx(stored, abs=2e-3)
+    assert first.fit_report().time_saved_s == 0 and stored > 0
+    assert second.fit_report().time_saved_s == pytest.approx(stored, abs=2e-3)
     np.testing.assert_allclose(again, proba, atol=1e-6)
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
 
@@ -98,7 +98,7 @@ def test_changing_a_key_part_recomputes(change, tiny_copy, tmp_path, encoder_for
     encoder_forwards.clear()
     changed = make(tiny_copy, tmp_path, *overrides, strategy="embed")
     changed.features(texts)
-    assert encoder_forwards and changed.info()["feature_cache"] == "miss"
+    assert encoder_forwards and changed.fit_report().feature_cache == "miss"
     assert len(list(tmp_path.glob("*.npy"))) == 2
 
 
@@ -107,7 +107,7 @@ def test_combine_is_part_of_the_key(tiny_copy, tmp_path):
     concat = make(tiny_copy, tmp_path, layers, strategy="embed").features(TEST.texts)
     mean = make(tiny_copy, tmp_path, layers, "strategy.combine=mean", strategy="embed")
     assert mean.features(TEST.texts).shape[1] == concat.shape[1] // 2
-    assert mean.info()["feature_cache"] == "miss"
+    assert mean.fit_report().feature_cache == "miss"
 
 
 def test_tokenizer_identity_ignores_call_state_but_not_the_vocabulary(tiny_bert):
@@ -193,7 +193,7 @@ def test_cache_false_turns_it_off(tiny_copy, tmp_path, encoder_forwards):
     for _ in range(2):
         strategy = make(tiny_copy, tmp_path / "cache", "cache=false", strategy="embed")
         strategy.features(TEST.texts)
-    assert strategy.feature_cache is None and strategy.info()["feature_cache"] == "off"
+    assert strategy.feature_cache is None and strategy.fit_report().feature_cache == "off"
     per_pass = -(-len(TEST) // strategy.encode_batch_size)  # batches of one extraction
     assert len(encoder_forwards) == 2 * per_pass and not (tmp_path / "cache").exists()  # both passes encoded
 
@@ -201,7 +201,7 @@ def test_cache_false_turns_it_off(tiny_copy, tmp_path, encoder_forwards):
 def test_finetune_never_uses_the_cache(tiny_copy, tmp_path):
     cfg = compose(["strategy=finetune", *tiny_model_overrides(tiny_copy), f"cache_dir={tmp_path}"])
     assert "cache" not in cfg.strategy  # its encoder changes while it trains
-    assert build_strategy(cfg.strategy, 2).info()["feature_cache"] == "off"
+    assert build_strategy(cfg.strategy, 2).fit_report().feature_cache == "off"
 
 
 def test_cache_needs_a_folder(tiny_copy):

@@ -347,7 +347,7 @@ def test_a_rare_training_label_stops_the_run_in_one_line(tmp_path):
 
 
 def test_min_class_count_is_bookkeeping():
-    from experiments.runner import config_hash
+    from experiments.identity import config_hash
 
     assert config_hash(compose([])) == config_hash(compose(["data.min_class_count=1"]))
 

@@ -420,3 +420,14 @@ def test_extract_features_rejects_no_texts(tiny_overrides):
 def test_max_length_beyond_the_model_is_rejected(tiny_overrides):
     with pytest.raises(ValueError, match=r"max_length=512 exceeds.*\(128\)"):
         build_and_fit(tiny_overrides, "embed", "model.max_length=512")
+
+
+def test_fit_report_params_hold_only_what_applies():
+    """The runner logs FitReport.params() as runtime.* params: fields that do not apply (None) stay out, so a
+    strategy without a feature cache or a resumed fit logs no such params."""
+    from strategies.base import FitReport
+
+    assert FitReport().params() == {}
+    report = FitReport(best_epoch=3, feature_cache="hit", feature_cache_hits=3, feature_cache_misses=0, time_saved_s=0.0)
+    assert report.params() == {"best_epoch": 3, "feature_cache": "hit", "feature_cache_hits": 3,
+                               "feature_cache_misses": 0, "time_saved_s": 0.0}
