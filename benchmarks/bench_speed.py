@@ -16,7 +16,8 @@ Parts (--parts, default all):
 
 The machine's load average is recorded per part: on a shared machine, compare ratios taken at low load.
 
-Writes benchmarks/results/speed-<date>[-<parts>].json and .md. Timings exclude model loading (both sides have the
+Writes benchmarks/results/speed-<date>T<time>[-<parts>].json and .md (the start, to the minute; an existing result
+is never overwritten). Timings exclude model loading (both sides have the
 model in memory); everything else (tokenising, padding, head training, prediction) is timed."""
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench_gpu import result_stem, write_new  # noqa: E402 — one naming rule for every result file
 
 from experiments.bundle import build_strategy  # noqa: E402
 from experiments.config import compose  # noqa: E402
@@ -385,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     parts = args.parts + ("e" if args.knobs and "e" not in args.parts else "")
+    started = datetime.datetime.now()
+    # named by the start (to the minute) and the parts; checked now, not after the benchmark's minutes
+    stem = result_stem(Path(args.out), f"speed-{started:%Y-%m-%dT%H%M}" + ("" if parts == "abcd" else f"-{parts}"))
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     set_threads()
@@ -407,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [len(x) for x in ctx["tok"](ctx["train"].texts, truncation=True, max_length=args.max_length)["input_ids"]]
     res = {
         "meta": {
-            "date": datetime.date.today().isoformat(), "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+            "date": started.date().isoformat(), "started": started.isoformat(timespec="seconds"), "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": __import__("transformers").__version__,
             "precision": ctx["precision"], "max_length": args.max_length, "model": spec.name,
@@ -431,12 +437,9 @@ def main(argv: list[str] | None = None) -> int:
             r = res["parts"][key]["ratio"]
             res["parts"][key]["goal_met"] = bool(r >= goal if op == ">=" else r <= goal)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / (f"speed-{res['meta']['date']}" + ("" if parts == "abcd" else f"-{parts}"))  # a partial run keeps the full one
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float) + "\n")
     md = markdown(res)
-    stem.with_suffix(".md").write_text(md)
+    write_new(stem, ".json", json.dumps(res, indent=1, default=float) + "\n")
+    write_new(stem, ".md", md)
     print("\n" + md)
     print(f"wrote {stem}.json and {stem}.md")
     return 0

@@ -45,7 +45,7 @@ def predict_frame(strategy, label_names: list[str], texts: list[str]):
     import pandas as pd
 
     proba = strategy.predict_proba(texts)
-    out = pd.DataFrame({"label": [label_names[i] for i in proba.argmax(1)], "score": proba.max(1)})
+    out = pd.DataFrame({"label": [label_names[i] for i in proba.argmax(1)], "score": proba.max(1).astype(np.float64)})
     for i, name in enumerate(label_names):
         out[f"prob_{name}"] = proba[:, i].astype(np.float64)
     return out

@@ -90,7 +90,9 @@ class SweepSummary(Callback):
                       "mlflow.note.content": f"run.py -m {overrides}"},
             )
         (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": run.info.run_id}))
-        log.info("sweep parent MLflow run %s in experiment '%s'", run.info.run_id, config.experiment_name)
+        view = tracking.save_runs_view(client, experiment_id, "runs", "runs: accuracy, macro-F1, train time")
+        log.info("sweep parent MLflow run %s in experiment '%s'; in `mlflow ui`, the runs table: "
+                 "http://127.0.0.1:5000/%s", run.info.run_id, config.experiment_name, view)
         # Hydra calls no callback when the sweep itself stops (an override that does not compose for some
         # job, Ctrl-C): the parent would stay RUNNING. Unless on_multirun_end ran, end it FAILED at exit.
         self._open_parent = (config.tracking_uri, config.experiment_name, run.info.run_id)

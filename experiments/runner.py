@@ -39,6 +39,7 @@ from .schema import check_arguments, validate
 
 log = logging.getLogger("transfer_bench")
 OBJECTIVE = "objective_val_f1_macro"  # the metric run() returns to sweepers
+EXAMPLE_CHARS = 300  # the logged model's input example: two test texts, cut to this length to stay readable
 
 
 def quiet_libraries() -> None:
@@ -389,7 +390,8 @@ def log_outputs(cfg: DictConfig, fitted: Fitted, summary: dict, strategy: Strate
         tracking.log_table(preds, "predictions/test_predictions.csv")
     if cfg.get("log_model", True):
         with tempfile.TemporaryDirectory() as tmp:
-            tracking.log_model(save_bundle(strategy, cfg.strategy, names, Path(tmp) / "bundle"))
+            bundle = save_bundle(strategy, cfg.strategy, names, Path(tmp) / "bundle")
+            tracking.log_model(bundle, names, [t[:EXAMPLE_CHARS] for t in data.test.texts[:2]])
 
 
 def print_result(cfg: DictConfig, run_name: str, run_id: str, fitted: Fitted, summary: dict) -> None:

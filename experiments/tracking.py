@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -35,6 +36,24 @@ def client_for(tracking_uri: str, experiment_name: str) -> tuple[mlflow.MlflowCl
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment_name)
     return client, exp.experiment_id if exp else client.create_experiment(experiment_name)
+
+
+# The MLflow UI (3.x) keeps saved views of the runs table as experiment tags under this prefix; a view opens
+# with ?viewStateShareKey=<key>, and ?workflowType=machine_learning shows the runs table (the "Model training"
+# side of the UI) instead of the GenAI overview. Both are read by the UI, not by the tracking server.
+VIEW_TAG = "mlflow.sharedViewState."
+VIEW_COLUMNS = ("test_accuracy", "test_f1_macro", "train_time_s", "trainable_params", "inference_examples_per_s")
+
+
+def save_runs_view(client: mlflow.MlflowClient, experiment_id: str, key: str, name: str) -> str:
+    """A saved view of the experiment's runs table (the UI lists it under its saved views): the summary
+    metrics as columns. Returns the UI path that opens it. (The UI does not keep expanded rows in a saved
+    view, so a sweep's parent row is expanded by a click on its +.)"""
+    state = {"selectedColumns": [f"metrics.`{m}`" for m in VIEW_COLUMNS] + ["tags.`strategy`", "tags.`model`"]}
+    now = int(time.time() * 1000)
+    envelope = {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    client.set_experiment_tag(experiment_id, VIEW_TAG + key, json.dumps(envelope))
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={key}"
 
 
 def find_finished(experiment_id: str, config_hash: str):
@@ -152,9 +171,24 @@ def log_inputs(frames: Mapping[str, tuple], name: str) -> None:
                 time.sleep(0.1 * (attempt + 1))
 
 
-def log_model(bundle_dir: Path) -> None:
+def model_signature(label_names: list[str]):
+    """What the logged model takes and answers (experiments.bundle.predict_frame): a "text" column in; the
+    label, its probability and one probability column per class out. Given, not inferred: inferring it would
+    run the model, and the model page shows it as the model's schema."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    outputs = [ColSpec("string", "label"), ColSpec("double", "score")]
+    outputs += [ColSpec("double", f"prob_{name}") for name in label_names]
+    return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema(outputs))
+
+
+def log_model(bundle_dir: Path, label_names: list[str], example_texts: list[str]) -> None:
     """The trained strategy as an MLflow pyfunc "model from code": the bundle (config + weights) is an
-    artifact and the project code travels with it, so `mlflow.pyfunc.load_model` works anywhere."""
+    artifact and the project code travels with it, so `mlflow.pyfunc.load_model` works anywhere. MLflow
+    checks the input example by loading the logged model and predicting it (a failure is a warning)."""
+    import pandas as pd
+
     requirements = [f"{n}=={v}" for n, v in package_versions().items() if n not in ("python",) and v != "missing"]
     mlflow.pyfunc.log_model(
         name="model",
@@ -162,6 +196,8 @@ def log_model(bundle_dir: Path) -> None:
         artifacts={"bundle": str(bundle_dir)},
         code_paths=[str(PROJECT_ROOT / "experiments"), str(PROJECT_ROOT / "strategies")],
         pip_requirements=requirements,  # explicit: inferring them would re-import the model (slow)
+        signature=model_signature(label_names),
+        input_example=pd.DataFrame({"text": list(example_texts)}),
     )
 
 

@@ -201,8 +201,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 # Batch sizes for "auto" (null in conf/strategy/*.yaml). On a small CPU, small working sets stay in cache:
-# at max_length 512 on 2 cores, inference batches of 8 ran 1.4x faster than 16 and training micro-batches
-# of 4 1.6-1.8x faster than one batch of 16 (benchmarks/bench_speed.py --knobs). GPUs want wide batches.
+# at max_length 512 on 2 cores, bf16 inference batches of 8 ran 1.06-1.10x faster than 16 and 1.65-1.74x
+# faster than 64, and training micro-batches of 4 1.6-1.8x faster than one batch of 16 (part e of
+# benchmarks/results/speed-2026-11-23-e.md and speed-2026-11-23-abcde.md). GPUs want wide batches.
 AUTO_BATCH = {"encode": {"cpu": 8, "cuda": 64}, "micro": {"cpu": 4, "cuda": None}}
 
 

@@ -232,7 +232,7 @@ class FineTuneStrategy(EncoderStrategy):
                 opt.zero_grad(set_to_none=True)
                 # Gradient accumulation over micro-batches: the same step as one batch (each part's loss is
                 # its share of the batch mean), but each part is padded only to its own longest text and its
-                # activations fit in cache — 1.6x faster on a small CPU (see backbone.AUTO_BATCH).
+                # activations fit in cache — 1.6-1.8x faster on a 2-core CPU (see backbone.AUTO_BATCH).
                 mine, weight = ddp.batch_share(idx)
                 micro = self.micro_batch_size or len(mine)
                 for start in range(0, len(mine), micro):

@@ -31,6 +31,18 @@ def test_flops_formula_bert_base():
     assert bench_gpu.train_flops_per_seq(n, 12, 768, 512) == expected
 
 
+def test_result_files_are_never_overwritten(tmp_path):
+    """Result files carry the start's date and time; one that exists is refused before any work, and a file
+    that appears while the benchmark runs is not overwritten either."""
+    stem = bench_gpu.result_stem(tmp_path / "results", "gpu-2026-12-02T0130-nvidia-h200")
+    bench_gpu.write_new(stem, ".json", "{}\n")
+    with pytest.raises(SystemExit, match="never overwritten"):
+        bench_gpu.result_stem(tmp_path / "results", "gpu-2026-12-02T0130-nvidia-h200")
+    with pytest.raises(FileExistsError):
+        bench_gpu.write_new(stem, ".json", "other\n")
+    assert (tmp_path / "results" / "gpu-2026-12-02T0130-nvidia-h200.json").read_text() == "{}\n"
+
+
 def test_peak_table():
     assert bench_gpu.lookup_peak("NVIDIA H100 80GB HBM3")[0] == 989.0  # the SXM part's name
     assert bench_gpu.lookup_peak("NVIDIA H100 PCIe")[0] == 756.0
@@ -67,7 +79,7 @@ def test_cpu_smoke(tmp_path):
     """The whole pipeline on CPU with the tiny config (2 layers, 128 wide, 64 tokens, 4 steps): ~6 s."""
     r = run_bench(["--cpu-smoke", "--out", str(tmp_path)], 300)
     assert r.returncode == 0, r.stderr[-2000:]
-    (path,) = tmp_path.glob("gpu-*-cpu-smoke.json")
+    (path,) = tmp_path.glob("gpu-????-??-??T????-cpu-smoke.json")  # named by date and time
     assert path.with_suffix(".md").is_file()
     res = json.loads(path.read_text())
     m = res["meta"]

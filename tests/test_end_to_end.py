@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -47,6 +48,9 @@ def preset_run(mlflow_store, tiny_overrides):
             proc = run_py(mlflow_store, [f"strategy={name}", *tiny_overrides, *mlflow_store.overrides(experiment), *DATA, *epochs])
             runs = mlflow_store.runs(experiment)
             assert len(runs) == 1, f"expected exactly one run in '{experiment}', found {len(runs)}"
+            # the logged model has a signature and a working input example (MLflow warns otherwise)
+            assert "Failed to infer model signature" not in proc.stderr
+            assert "Failed to validate serving input example" not in proc.stderr
             done[name] = (runs[0].info.run_id, proc.stdout)
         return done[name]
 
@@ -130,6 +134,10 @@ def test_run_py_logs_a_complete_run(name, preset_run, pyfunc_store, tmp_path):
     }
     assert run.inputs.dataset_inputs and contexts == {"training", "validation", "test"}
 
+    info = mlflow.models.get_model_info(f"runs:/{run_id}/model")  # the model page's schema
+    assert info.signature.inputs.input_names() == ["text"]
+    assert info.signature.outputs.input_names() == ["label", "score", "prob_negative", "prob_positive"]
+    assert info.saved_input_example_info["type"] == "dataframe"
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     out = model.predict(pd.DataFrame({"text": ["A moving, beautifully acted film.", "Two hours I want back."]}))
     assert len(out) == 2 and "label" in out.columns and set(out.label) <= LABELS
@@ -160,6 +168,11 @@ def test_multirun_sweep(mlflow_store, tiny_overrides, capsys):
     parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
     assert len(parents) == 1 and len(runs) == 5
     assert {r.data.tags.get("mlflow.parentRunId") for r in jobs} == {parents[0].info.run_id}
+    # the experiment has a saved view of the runs table with the summary metrics as columns (UI 3.x)
+    exp = mlflow_store.client().get_experiment(parents[0].info.experiment_id)
+    view = json.loads(exp.tags["mlflow.sharedViewState.runs"])
+    columns = json.loads(view["state"])["selectedColumns"]
+    assert {"metrics.`test_accuracy`", "metrics.`test_f1_macro`", "metrics.`train_time_s`"} <= set(columns)
     runs = jobs
     assert sorted((r.data.tags["strategy"], r.data.tags["seed"]) for r in runs) == [
         ("baseline", "0"), ("baseline", "1"), ("embed", "0"), ("embed", "1"),
