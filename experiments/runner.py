@@ -195,6 +195,8 @@ def _run(cfg: DictConfig) -> float | None:
         return done.data.metrics.get(OBJECTIVE)  # same config, same result: a sweeper may count it
     data = load_data(cfg)
     strategy = make_strategy(cfg, data.num_labels)
+    strategy.set_held_out(data.val.texts + data.test.texts)  # never learned from, not even without labels
+    strategy.report_steps(lambda step, scalars: tracking.log_metrics(scalars, step=step))
     ckpt_dir, resume_id = checkpoint_folder(cfg)
     strategy.enable_checkpoints(ckpt_dir, int(cfg.get("checkpoint_every", 0)))
     run_name, tags = describe_run(cfg, data, strategy)
@@ -227,6 +229,7 @@ def _follow(cfg: DictConfig) -> None:
     logging.getLogger().setLevel(logging.WARNING)  # one copy of the progress lines: rank 0's
     data = load_data(cfg)
     strategy = make_strategy(cfg, data.num_labels)
+    strategy.set_held_out(data.val.texts + data.test.texts)
     strategy.enable_checkpoints(checkpoint_path(cfg), int(cfg.get("checkpoint_every", 0)))
     strategy.fit(data.train, data.val)
     strategy.predict_proba(data.test.texts)

@@ -52,6 +52,10 @@ def _no_callback(epoch: int, scalars: dict, val_proba) -> None:
     pass
 
 
+# on_step(step, scalars): metrics reported every N optimizer steps, e.g. {"mlm_loss": 2.1} (logged with the step)
+StepCallback = Callable[[int, dict], None]
+
+
 class Strategy(ABC):
     #: short name of the encoder the strategy transfers from (None: no transfer, e.g. the baseline)
     model_name: str | None = None
@@ -69,6 +73,14 @@ class Strategy(ABC):
     def prepare(self) -> None:  # noqa: B027 — an optional hook, empty by default
         """Load and check everything heavy (weights, tokenizer) before a run starts, so that a config that
         does not fit the model fails before anything is logged. Optional; fit() must work without it."""
+
+    def set_held_out(self, texts: Sequence[str]) -> None:  # noqa: B027 — an optional hook, empty by default
+        """The validation and test texts, which the strategy must never learn from, not even without their
+        labels (e.g. as unlabeled pre-training text it reads itself). The runner passes them before fit."""
+
+    def report_steps(self, on_step: StepCallback) -> None:  # noqa: B027 — an optional hook, empty by default
+        """Where to send metrics a strategy reports every N steps, beside the per-epoch on_epoch of fit()
+        (the runner logs them with their step). Strategies without such metrics ignore it."""
 
     def enable_checkpoints(self, directory: Path, every_steps: int) -> None:  # noqa: B027 — optional hook
         """Strategies whose training is long save resumable state under directory every N steps and, when

@@ -123,6 +123,11 @@ def preset_has(name: str, key: str) -> bool:
     return key in compose([f"strategy={name}"]).strategy
 
 
+def quick(name: str) -> list[str]:
+    """Overrides that keep a preset's training short in tests: one epoch, two MLM steps (where it has them)."""
+    return [f"strategy.{key}={value}" for key, value in (("epochs", 1), ("mlm_steps", 2)) if preset_has(name, key)]
+
+
 # ----------------------------------------------------------------------------- MLflow
 class MlflowStore:
     """One sqlite store (and its ./mlruns artifact root) shared by the whole session: creating a store runs

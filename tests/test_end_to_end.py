@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, RUN_PY, STRATEGY_PRESETS, preset_has, subprocess_env
+from conftest import REPO, RUN_PY, STRATEGY_PRESETS, preset_has, quick, subprocess_env
 from sklearn.metrics import f1_score
 
 # Small splits keep each run to seconds; the ~5-10 s of every subprocess is imports.
@@ -44,7 +44,7 @@ def preset_run(mlflow_store, tiny_overrides):
     def get(name: str) -> tuple[str, str]:
         if name not in done:
             experiment = f"e2e-{name}"
-            epochs = ["strategy.epochs=1"] if preset_has(name, "epochs") else []
+            epochs = quick(name)
             proc = run_py(mlflow_store, [f"strategy={name}", *tiny_overrides, *mlflow_store.overrides(experiment), *DATA, *epochs])
             runs = mlflow_store.runs(experiment)
             assert len(runs) == 1, f"expected exactly one run in '{experiment}', found {len(runs)}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import STRATEGY_PRESETS, compose, demo_split, preset_has
+from conftest import STRATEGY_PRESETS, compose, demo_split, quick
 
 from experiments.bundle import build_strategy
 from strategies.backbone import _cpu_has_bf16, collate, extract_features, length_batches, tokenize
@@ -25,7 +25,7 @@ def val_split():
 
 
 def strategy_cfg(tiny_overrides, name: str, *extra: str):
-    epochs = ["strategy.epochs=1"] if preset_has(name, "epochs") else []
+    epochs = quick(name)
     return compose([f"strategy={name}", *tiny_overrides, *epochs, *extra]).strategy
 
 
@@ -251,7 +251,7 @@ def build_and_fit(tiny_overrides, name: str, *extra: str, train=None):
     and fit: a bad value may be caught when the strategy is built or when the encoder is first loaded."""
     from experiments.runner import make_strategy
 
-    epochs = ["strategy.epochs=1"] if preset_has(name, "epochs") else []
+    epochs = quick(name)
     torch.manual_seed(0)
     strategy = make_strategy(compose([f"strategy={name}", *tiny_overrides, *epochs, *extra]), NUM_LABELS)
     strategy.fit(train if train is not None else demo_split(16))
