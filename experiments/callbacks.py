@@ -7,12 +7,16 @@ import hashlib
 import json
 import logging
 import math
+import os
+import socket
 import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 from tqdm import tqdm
+
+from .errors import UserError
 
 log = logging.getLogger("transfer_bench")
 
@@ -47,11 +51,52 @@ def sweep_line(done: int, total: int | None, elapsed: float, failed: int) -> str
         return f"sweep: {done} job(s) done, {failed} failed"
     return tqdm.format_meter(done, total, elapsed, prefix="sweep", unit="job", postfix=f"{failed} failed",
                              bar_format=LINE_FORMAT)
+FAILURES_FILE = "failures.jsonl"  # in the sweep folder: one line per failed job (the runner, launchers)
 
 
 def read_parent(sweep_dir: Path) -> str | None:
     path = Path(sweep_dir) / PARENT_FILE
     return json.loads(path.read_text())["run_id"] if path.is_file() else None
+
+
+def record_failure(sweep_dir: Path, job, overrides: list[str], error: str) -> None:
+    """One line of <sweep dir>/failures.jsonl, which the sweep's summary lists."""
+    with open(Path(sweep_dir) / FAILURES_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"job": job, "overrides": list(overrides), "error": error}) + "\n")
+
+
+def _process_gone(tags: dict) -> bool:
+    """Whether the run's worker process is known to be gone (only knowable on its own host)."""
+    if tags.get("worker.host") != socket.gethostname() or not tags.get("worker.pid", "").isdigit():
+        return False
+    try:
+        os.kill(int(tags["worker.pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
+def close_orphans(client, parent: str, everything: bool) -> list:
+    """Children of the parent run left RUNNING by a worker that died (SIGKILL, out of memory, a lost node):
+    nothing in that worker could end its run. They end KILLED, with the reason as the `error` tag. With
+    everything=True (the launch is over: every job has returned) all RUNNING children are closed; otherwise
+    only those whose process on this host is gone (a relaunch after the whole sweep was killed)."""
+    experiment_id = client.get_run(parent).info.experiment_id
+    running = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
+                                 max_results=10000)
+    closed = [r for r in running if everything or _process_gone(r.data.tags)]
+    for r in closed:
+        client.set_tag(r.info.run_id, "error", ORPHAN_ERROR)
+        client.set_terminated(r.info.run_id, status="KILLED")
+        log.error("run %s (job %s) was left RUNNING by its worker (%s, pid %s), which is gone: marked KILLED",
+                  r.info.run_id, r.data.tags.get("sweep.job", "?"), r.data.tags.get("worker.host", "?"),
+                  r.data.tags.get("worker.pid", "?"))
+    return closed
+
+
+ORPHAN_ERROR = "its worker ended without closing the run (killed, out of memory, or its node lost)"
 
 
 class SweepSummary(Callback):
@@ -69,11 +114,14 @@ class SweepSummary(Callback):
 
         if distributed.launched():  # every rank would run the whole sweep and make its own parent run
             raise SystemExit("error: torchrun runs one run (no -m); launch each sweep job with torchrun, or "
-                             "sweep with hydra/launcher=slurm|ray_cluster")
+                             "sweep with hydra/launcher=slurm|ray")
 
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        client, experiment_id = tracking.client_for(config.tracking_uri, config.experiment_name)
+        try:  # the experiment and the parent exist before any worker starts: workers never race to create them
+            client, experiment_id = tracking.client_for(config.tracking_uri, config.experiment_name)
+        except UserError as e:
+            raise SystemExit(f"error: {e}") from None
         overrides = " ".join(config.hydra.overrides.task)
         key = hashlib.sha256(overrides.encode()).hexdigest()[:16]
         # The same sweep launched again (after a crash) continues under its earlier parent run, so the
@@ -83,6 +131,7 @@ class SweepSummary(Callback):
         if earlier:
             run = earlier[0]
             client.update_run(run.info.run_id, status="RUNNING")
+            close_orphans(client, run.info.run_id, everything=False)  # an earlier launch killed as a whole
         else:
             run = client.create_run(
                 experiment_id, run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
@@ -94,7 +143,8 @@ class SweepSummary(Callback):
         log.info("sweep parent MLflow run %s in experiment '%s'; in `mlflow ui`, the runs table: "
                  "http://127.0.0.1:5000/%s", run.info.run_id, config.experiment_name, view)
         # Hydra calls no callback when the sweep itself stops (an override that does not compose for some
-        # job, Ctrl-C): the parent would stay RUNNING. Unless on_multirun_end ran, end it FAILED at exit.
+        # job, Ctrl-C, a launcher that raised because a joblib worker or a submitit job died): the parent and
+        # the children of dead workers would stay RUNNING. Unless on_multirun_end ran, close them at exit.
         self._open_parent = (config.tracking_uri, config.experiment_name, run.info.run_id)
         atexit.register(self._fail_open_parent)
         total = job_count(config)
@@ -109,8 +159,12 @@ class SweepSummary(Callback):
         self._open_parent = None
         try:
             client, _ = tracking.client_for(uri, experiment)
+            closed = close_orphans(client, run_id, everything=True)  # no job of this sweep runs any more
             client.set_tag(run_id, "sweep_stopped", "the sweep stopped before its jobs ended (see its error output)")
             client.set_terminated(run_id, status="FAILED")
+            if closed:
+                log.error("sweep stopped early: %d run(s) left RUNNING by dead workers marked KILLED; relaunch the "
+                          "same command to run what did not finish", len(closed))
         except Exception as e:  # noqa: BLE001 — at exit, a store problem is reported, never raised
             log.warning("could not mark the sweep's parent run %s FAILED: %s", run_id, e)
 
@@ -136,10 +190,15 @@ class SweepSummary(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         parent = read_parent(sweep_dir)
-        path = sweep_dir / "failures.jsonl"
+        path = sweep_dir / FAILURES_FILE
+        if parent is not None:  # every job has returned: a child still RUNNING lost its worker
+            client, _ = tracking.client_for(config.tracking_uri, config.experiment_name)
+            for r in close_orphans(client, parent, everything=True):
+                tags = r.data.tags
+                record_failure(sweep_dir, tags.get("sweep.job", "?"), tags.get("sweep.overrides", "").split(),
+                               f"KILLED: run {r.info.run_id}: {ORPHAN_ERROR}")
         failures = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x] if path.exists() else []
         if parent is not None:
-            client, _ = tracking.client_for(config.tracking_uri, config.experiment_name)
             if config.get("sweep_report", True):
                 self._report(config, sweep_dir, parent)
             self._search_results(client, sweep_dir, parent)

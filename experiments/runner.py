@@ -112,6 +112,13 @@ def checkpoint_path(cfg: DictConfig) -> Path:
     return Path(cfg.get("checkpoint_dir", "checkpoints")).expanduser() / config_hash(cfg)
 
 
+def sweep_job_tags() -> dict[str, str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    return {"sweep.job": str(hc.job.num), "sweep.overrides": " ".join(hc.overrides.task)}
+
+
 def checkpoint_folder(cfg: DictConfig) -> tuple[Path, str | None]:
     """(folder for this config's resumable state, MLflow run id to continue or None)."""
     folder = checkpoint_path(cfg)
@@ -269,6 +276,7 @@ def describe_run(cfg: DictConfig, data: Dataset, strategy: Strategy) -> tuple[st
     parent = read_parent(sweep) if sweep is not None else None
     if parent is not None:
         tags["mlflow.parentRunId"] = parent  # child of the sweep's parent run
+        tags |= sweep_job_tags()  # which job: the sweep's summary names a run whose worker died
     run_name = f"{cfg.strategy.name}-{model_tag}-{data.name}-s{cfg.seed}"
     log.info("run %s: train %d / val %d / test %d, %d classes", run_name, len(data.train), len(data.val),
              len(data.test), data.num_labels)

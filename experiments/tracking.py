@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,13 +20,31 @@ import mlflow
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from .data import PROJECT_ROOT
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
 PACKAGES = ("torch", "transformers", "datasets", "scikit-learn", "peft", "hydra-core", "mlflow", "numpy")
 
 
+def check_reachable(tracking_uri: str) -> None:
+    """A tracking server that does not answer fails at once with one line, before any run exists (MLflow
+    itself would retry for minutes and then fail mid-run). Any HTTP answer counts: MLflow reports the rest."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(tracking_uri.rstrip("/") + "/health", timeout=10)
+    except requests.RequestException as e:
+        raise UserError(
+            f"tracking_uri={tracking_uri}: no MLflow server answers there ({type(e).__name__}): start it "
+            f"(python -m experiments.server, see README 'Scaling out') or fix tracking_uri"
+        ) from None
+
+
 def setup(tracking_uri: str, experiment_name: str) -> str:
+    check_reachable(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.set_experiment(experiment_name)
     return exp.experiment_id
@@ -33,6 +52,7 @@ def setup(tracking_uri: str, experiment_name: str) -> str:
 
 def client_for(tracking_uri: str, experiment_name: str) -> tuple[mlflow.MlflowClient, str]:
     """A client and the experiment id (created if missing), without touching the fluent active-run state."""
+    check_reachable(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment_name)
     return client, exp.experiment_id if exp else client.create_experiment(experiment_name)
@@ -205,4 +225,6 @@ def environment_tags() -> dict[str, str]:
     tags = git_state()
     tags |= {f"version.{k}": v for k, v in package_versions().items()}
     tags["hostname_cpu_count"] = str(os.cpu_count())
+    # the process that owns the run: a sweep closes runs left RUNNING by a worker that is gone (callbacks)
+    tags |= {"worker.host": socket.gethostname(), "worker.pid": str(os.getpid())}
     return tags

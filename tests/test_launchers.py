@@ -1,6 +1,7 @@
-"""Cluster launchers: conf/hydra/launcher/slurm.yaml (hydra-submitit-launcher) and ray_cluster.yaml
-(hydra-ray-launcher). There is no cluster here: the configs are composed and checked, the SLURM one is turned
-into the sbatch script it would submit, and submitit's local backend runs a real sweep in separate processes."""
+"""Cluster launchers: conf/hydra/launcher/slurm.yaml (hydra-submitit-launcher) and ray.yaml (this project's
+hydra_plugins/ray_task_launcher). There is no SLURM cluster here: the SLURM config is turned into the sbatch
+script it would submit, and submitit's local backend runs a real sweep in separate processes. Sweeps on a
+real local Ray run in tests/test_scale_out.py."""
 
 from __future__ import annotations
 
@@ -45,15 +46,18 @@ def test_slurm_config_becomes_the_sbatch_script_it_would_submit(tmp_path, monkey
 
 
 def test_ray_config_composes(monkeypatch):
-    """hydra-ray-launcher pulls in all of Ray, so it is only in the cluster extra: its config is checked here
-    without the plugin (it needs no schema from it)."""
+    """Ray is an optional extra: the config and the plugin's import need no Ray."""
+    from hydra.utils import instantiate
+
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    ray = _compose("hydra/launcher=ray_cluster").hydra.launcher
-    assert ray._target_ == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
-    assert ray.ray.init.address is None  # no RAY_ADDRESS: Ray starts locally
-    assert (ray.ray.remote.num_gpus, ray.ray.remote.num_cpus) == (1, 8)
+    ray = _compose("hydra/launcher=ray").hydra.launcher
+    assert ray._target_ == "hydra_plugins.ray_task_launcher.ray_task_launcher.RayTaskLauncher"
+    assert ray.address is None  # no RAY_ADDRESS: Ray starts locally
+    assert (ray.remote.num_gpus, ray.remote.num_cpus, ray.remote.max_calls) == ("auto", 4, 1)
+    launcher = instantiate(ray)
+    assert launcher.remote == {"num_cpus": 4, "num_gpus": "auto", "max_calls": 1, "max_retries": 0}
     monkeypatch.setenv("RAY_ADDRESS", "auto")
-    assert _compose("hydra/launcher=ray_cluster").hydra.launcher.ray.init.address == "auto"  # join the running cluster
+    assert _compose("hydra/launcher=ray").hydra.launcher.address == "auto"  # join the running cluster
 
 
 def test_submitit_local_sweep_keeps_parent_and_children_across_processes(tmp_path, mlflow_store):
