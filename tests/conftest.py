@@ -124,8 +124,10 @@ def preset_has(name: str, key: str) -> bool:
 
 
 def quick(name: str) -> list[str]:
-    """Overrides that keep a preset's training short in tests: one epoch, two MLM steps (where it has them)."""
-    return [f"strategy.{key}={value}" for key, value in (("epochs", 1), ("mlm_steps", 2)) if preset_has(name, key)]
+    """Overrides that keep a preset's training short in tests: one epoch, two MLM steps, 64 contrastive pairs
+    (where it has them)."""
+    return [f"strategy.{key}={value}" for key, value in (("epochs", 1), ("mlm_steps", 2), ("max_pairs", 64))
+            if preset_has(name, key)]
 
 
 # ----------------------------------------------------------------------------- MLflow
