@@ -79,7 +79,7 @@ def test_run_logs_the_contrastive_loss_and_predict_reads_the_logged_model(tiny_o
 # Real MiniLM, 16 labelled reviews per class from the demo training set, all 160 demo test reviews. Chance is
 # 0.5; 0.70 is 5 standard deviations above it (binomial, n = 160: sd 0.04), and below what frozen MiniLM
 # features reach with all 400 training texts (embed 0.725, freeze 0.756; tests/test_pretrained.py), so it
-# asks for clear transfer from 32 labels, not for beating the full-data strategies.
+# asks for clear transfer from 32 labels, not for beating the full-data strategies. Measured: 0.7375 (seed 0, CPU).
 MIN_FEW_SHOT_ACCURACY = 0.70
 
 
