@@ -29,6 +29,7 @@ def deterministic(name: str) -> list[str]:
     out += [f"strategy.epochs={3 if strategy.get('gradual_unfreeze') else 1}"] if "epochs" in strategy else []
     out += ["strategy.max_pairs=64"] if "max_pairs" in strategy else []  # setfit's pairs: seconds, not minutes
     out += ["strategy.dropout=0"] if "dropout" in strategy else []
+    out += ["strategy.mlm_steps=4"] if "mlm_steps" in strategy else []  # task-adaptive pre-training: a taste
     out += ["strategy.peft.lora_dropout=0"] if (strategy.get("peft") or {}).get("lora_dropout") is not None else []
     out += ["strategy.batch_size=6"] if "batch_size" in strategy else []  # a last batch of one (31 texts)
     return ["precision=fp32", f"device={os.environ.get('DDP_DEVICE', 'cpu')}", *out]
