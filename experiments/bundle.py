@@ -20,17 +20,20 @@ def build_strategy(strategy_cfg, num_labels: int):
     return instantiate(cfg, num_labels=num_labels, _convert_="all")
 
 
-def save_bundle(strategy, strategy_cfg, label_names: list[str], path: Path) -> Path:
+def save_bundle(strategy, strategy_cfg, label_names: list[str], path: Path,
+                display_order: list[int] | None = None) -> Path:
+    """display_order: class ids in data.label_names order, for the probability columns (display only)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    meta = {"strategy": OmegaConf.to_container(strategy_cfg, resolve=True), "label_names": list(label_names)}
+    meta = {"strategy": OmegaConf.to_container(strategy_cfg, resolve=True), "label_names": list(label_names),
+            "display_order": list(display_order or range(len(label_names)))}
     OmegaConf.save(OmegaConf.create(meta), path / CONFIG_FILE)
     strategy.save(path)
     return path
 
 
 def load_bundle(path: Path):
-    """(strategy, label_names) restored from a folder written by save_bundle."""
+    """(strategy, label_names, display_order) restored from a folder written by save_bundle."""
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a transfer-bench model folder (no {CONFIG_FILE})")
@@ -38,14 +41,14 @@ def load_bundle(path: Path):
     names = list(meta.label_names)
     strategy = build_strategy(meta.strategy, len(names))
     strategy.load(path)
-    return strategy, names
+    return strategy, names, list(meta.get("display_order") or range(len(names)))  # older bundles: id order
 
 
-def predict_frame(strategy, label_names: list[str], texts: list[str]):
+def predict_frame(strategy, label_names: list[str], texts: list[str], display_order: list[int] | None = None):
     import pandas as pd
 
     proba = strategy.predict_proba(texts)
     out = pd.DataFrame({"label": [label_names[i] for i in proba.argmax(1)], "score": proba.max(1).astype(np.float64)})
-    for i, name in enumerate(label_names):
-        out[f"prob_{name}"] = proba[:, i].astype(np.float64)
+    for i in display_order or range(len(label_names)):
+        out[f"prob_{label_names[i]}"] = proba[:, i].astype(np.float64)
     return out

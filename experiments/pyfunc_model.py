@@ -12,7 +12,7 @@ class TransferBenchModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from experiments.bundle import load_bundle
 
-        self.strategy, self.label_names = load_bundle(context.artifacts["bundle"])
+        self.strategy, self.label_names, self.order = load_bundle(context.artifacts["bundle"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None):  # a "text" column (or the first)
         from experiments.bundle import predict_frame
@@ -21,7 +21,7 @@ class TransferBenchModel(mlflow.pyfunc.PythonModel):
             texts = model_input["text" if "text" in model_input else model_input.columns[0]]
         else:
             texts = pd.Series(model_input)
-        return predict_frame(self.strategy, self.label_names, texts.astype(str).tolist())
+        return predict_frame(self.strategy, self.label_names, texts.astype(str).tolist(), self.order)
 
 
 mlflow.models.set_model(TransferBenchModel())

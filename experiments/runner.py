@@ -401,8 +401,8 @@ def log_outputs(cfg: DictConfig, fitted: Fitted, summary: dict, strategy: Strate
         tracking.log_table(preds, "predictions/test_predictions.csv")
     if cfg.get("log_model", True):
         with tempfile.TemporaryDirectory() as tmp:
-            bundle = save_bundle(strategy, cfg.strategy, names, Path(tmp) / "bundle")
-            tracking.log_model(bundle, names, [t[:EXAMPLE_CHARS] for t in data.test.texts[:2]])
+            bundle = save_bundle(strategy, cfg.strategy, names, Path(tmp) / "bundle", data.display_order)
+            tracking.log_model(bundle, data.display_names, [t[:EXAMPLE_CHARS] for t in data.test.texts[:2]])
 
 
 def print_result(cfg: DictConfig, run_name: str, run_id: str, fitted: Fitted, summary: dict) -> None:

@@ -283,3 +283,24 @@ def test_predict_cli_refuses_an_unknown_file_type(mlflow_store, capsys, tmp_path
     path.write_bytes(b"PK")
     code, _, err = _predict(["--run-id", "0" * 32, "--tracking-uri", mlflow_store.uri, "--file", str(path)], capsys)
     assert code == 2 and "unsupported type '.xlsx'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_logged_model_lists_probabilities_in_label_names_order(mlflow_store, capsys, restore_sys_path, tmp_path):
+    """data.label_names orders the display only: the logged model's probability columns (and its signature)
+    follow it too, while the label each text gets is the same."""
+    from experiments.predict import main
+
+    experiment = "e2e-display-order"
+    run_py(mlflow_store, ["strategy=baseline", "data.label_names=[positive,negative]", *DATA,
+                          *mlflow_store.overrides(experiment)])
+    (run,) = mlflow_store.runs(experiment)
+    out = tmp_path / "preds.csv"
+    texts = ["A moving, beautifully acted film.", "Two hours I want back."]
+    assert main(["--run-id", run.info.run_id, "--tracking-uri", mlflow_store.uri, "--output", str(out), *texts]) == 0
+    df = pd.read_csv(out)
+    assert [c for c in df.columns if c.startswith("prob_")] == ["prob_positive", "prob_negative"]
+    assert (df.label == df[["prob_positive", "prob_negative"]].idxmax(axis=1).str[5:]).all()
+    import mlflow
+
+    info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
+    assert [c["name"] for c in info.signature.outputs.to_dict()][2:] == ["prob_positive", "prob_negative"]
