@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The full-scale IMDb study (README "Results: full IMDb"): the learning curve, tuned cheap strategies and the
+# fine-tuning family, in resumable steps. Every sweep skips configs that already FINISHED in the store, and
+# fine-tuning continues from its checkpoint (resume=true), so rerunning this script continues where it stopped.
+#   STORE=~/tb-study bash benchmarks/study_imdb_full.sh          (hours on a CPU; the store holds mlflow.db)
+# Export what has finished at any time (never over an earlier export):
+#   python -m experiments.compare --experiment imdb_full --tracking-uri sqlite:///$STORE/mlflow.db \
+#       --out benchmarks/results/imdb_full-$(date -u +%Y-%m-%dT%H%M)
+set -u
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+STORE=${STORE:-$REPO/../tb-study}  # beside the checkout, so ../shared/datasets/imdb resolves from it too
+mkdir -p "$STORE" && cd "$STORE" || exit 1
+export TRANSFER_BENCH_CACHE=${TRANSFER_BENCH_CACHE:-$STORE/features}
+PY="${PYTHON:-$REPO/.venv/bin/python} $REPO/run.py"
+IMDB="data=imdb data.path=../shared/datasets/imdb data.train_size=null data.test_size=null"
+step() { echo "=== $(date -u +%FT%TZ) $*"; }
+
+step "1. learning curve, cheap strategies, seed 0"
+$PY -m experiment=learning_curve strategy=baseline,embed,freeze
+step "2. learning curve, cheap strategies, seeds 1,2 up to 1,000 labels"
+$PY -m experiment=learning_curve strategy=baseline,embed,freeze data.train_size=100,300,1000 seed=1,2
+
+step "3. searches on full IMDb (validation macro-F1 only; the encoder features are cached)"
+$PY -m experiment=search_baseline $IMDB hydra.sweeper.n_trials=16 hydra.sweep.dir=sweeps/search_baseline
+$PY -m experiment=search_embed $IMDB 'strategy.layers=[-1]' strategy.pooling=mean hydra.sweeper.n_trials=10 \
+    hydra.sweep.dir=sweeps/search_embed
+$PY -m experiment=search_freeze $IMDB hydra.sweeper.n_trials=16 hydra.sweep.dir=sweeps/search_freeze
+
+step "4. tuned cheap strategies on full IMDb, 3 seeds (the searches' best validation parameters)"
+for s in baseline embed freeze; do
+  best=$("${PYTHON:-$REPO/.venv/bin/python}" - "$s" <<'PY'
+import sys, yaml
+r = yaml.safe_load(open(f"sweeps/search_{sys.argv[1]}/optimization_results.yaml"))
+print(" ".join(f"{k}={v}".replace(" ", "") for k, v in r["best_params"].items()))
+PY
+) || exit 1
+  step "   $s tuned: $best"
+  $PY -m experiment=imdb_full strategy=$s $best seed=0,1,2
+done
+
+step "5. fine-tuning family on the learning curve up to 3,000 labels"
+$PY -m experiment=learning_curve strategy=lora,finetune data.train_size=100,300,1000 seed=0
+$PY -m experiment=learning_curve strategy=lora,finetune data.train_size=100,300,1000 seed=1,2
+$PY -m experiment=learning_curve strategy=lora,finetune data.train_size=3000 seed=0
+step "6. fine-tuning family at full size (hours each on a CPU)"
+$PY -m experiment=imdb_full strategy=finetune,lora,partial seed=0 resume=true
+$PY -m experiment=learning_curve strategy=lora,finetune data.train_size=10000 seed=0 resume=true
+step "done"
