@@ -33,7 +33,8 @@ def save_bundle(strategy, strategy_cfg, label_names: list[str], path: Path,
 
 
 def load_bundle(path: Path):
-    """(strategy, label_names, display_order) restored from a folder written by save_bundle."""
+    """(strategy, label_names) restored from a folder written by save_bundle. The pair is what models logged
+    before the display order existed unpack (their pyfunc_model.py runs against this module): keep it."""
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a transfer-bench model folder (no {CONFIG_FILE})")
@@ -41,7 +42,13 @@ def load_bundle(path: Path):
     names = list(meta.label_names)
     strategy = build_strategy(meta.strategy, len(names))
     strategy.load(path)
-    return strategy, names, list(meta.get("display_order") or range(len(names)))  # older bundles: id order
+    return strategy, names
+
+
+def display_order(path: Path) -> list[int] | None:
+    """Class ids in data.label_names order, as save_bundle stored it (None for older bundles: id order)."""
+    order = OmegaConf.load(Path(path) / CONFIG_FILE).get("display_order")
+    return list(order) if order else None
 
 
 def predict_frame(strategy, label_names: list[str], texts: list[str], display_order: list[int] | None = None):

@@ -10,9 +10,10 @@ import pandas as pd
 
 class TransferBenchModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from experiments.bundle import load_bundle
+        from experiments.bundle import display_order, load_bundle
 
-        self.strategy, self.label_names, self.order = load_bundle(context.artifacts["bundle"])
+        self.strategy, self.label_names = load_bundle(context.artifacts["bundle"])
+        self.order = display_order(context.artifacts["bundle"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None):  # a "text" column (or the first)
         from experiments.bundle import predict_frame

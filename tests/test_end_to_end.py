@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -304,3 +305,11 @@ def test_logged_model_lists_probabilities_in_label_names_order(mlflow_store, cap
 
     info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
     assert [c["name"] for c in info.signature.outputs.to_dict()][2:] == ["prob_positive", "prob_negative"]
+    # models logged before the display order existed run their own pyfunc_model.py against today's bundle
+    # module, and it unpacks load_bundle() as a pair
+    from experiments.bundle import load_bundle
+
+    model_dir = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path / "dl"),
+                                                    tracking_uri=mlflow_store.uri)
+    strategy, names = load_bundle(Path(model_dir) / "artifacts" / "bundle")
+    assert names == ["negative", "positive"]
