@@ -22,6 +22,25 @@ BOOKKEEPING = (
 # Params that never make two runs different configurations in the report: bookkeeping, outputs of the run,
 # and the seed itself (seeds are the replicates that mean ± std is taken over).
 NOT_CONFIG = {"seed", "log_model", "save_predictions", *BOOKKEEPING}
+# Options added to a strategy after runs were logged without them, at the value that leaves training as it
+# was ("off"): a config that leaves them there is the configuration it was before they existed, so it keeps
+# its hash (skip_finished still finds earlier runs) and logs no param for them (the report pairs the runs).
+NEUTRAL = {"strategy.train_only": None, "strategy.layer_lr_decay": None, "strategy.gradual_unfreeze": False}
+
+
+def _drop(resolved: dict, key: str, only_if=None, always: bool = True) -> None:
+    *parents, last = key.split(".")
+    node = resolved
+    for p in parents:
+        node = node.get(p) or {}
+    if last in node and (always or node[last] == only_if):
+        node.pop(last)
+
+
+def _without_neutral(resolved: dict) -> dict:
+    for key, value in NEUTRAL.items():
+        _drop(resolved, key, only_if=value, always=False)
+    return resolved
 
 
 def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:
@@ -48,18 +67,14 @@ def run_params(cfg: DictConfig) -> dict[str, str]:
             resolved.pop({"encoder": "model"}.get(shared, shared), None)
     for volatile in ("hydra", "resume"):  # resume=true continues the same run: its params must not change
         resolved.pop(volatile, None)
-    return flatten(resolved)
+    return flatten(_without_neutral(resolved))
 
 
 def config_hash(cfg: DictConfig) -> str:
     """Identity of a run's configuration (what skip_finished and a resumed run match): everything but
-    hydra's own settings and the BOOKKEEPING keys."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    hydra's own settings, the BOOKKEEPING keys and the NEUTRAL options left off."""
+    resolved = _without_neutral(OmegaConf.to_container(cfg, resolve=True))
     resolved.pop("hydra", None)
     for key in BOOKKEEPING:
-        *parents, last = key.split(".")
-        node = resolved
-        for p in parents:
-            node = node.get(p) or {}
-        node.pop(last, None)
+        _drop(resolved, key)
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,31 @@
+"""Config identity across versions: a relaunched sweep must recognise the runs it finished before options
+were added, so the shipped presets' hashes are pinned. Change a pin only when results really change (then
+say so in the README: earlier runs rerun once)."""
+
+import pytest
+from conftest import compose
+
+from experiments.identity import config_hash, run_params
+
+PINNED = {  # at the default model and data
+    "baseline": "b7d7a89f3989987c",
+    "embed": "7605f9b43539e3c7",
+    "freeze": "5528316620945567",  # 2026-12-02: freeze keeps its best validation epoch (keep_best)
+    "finetune": "eb262d302dfe2d94",
+    "partial": "c8cbc45981c3039c",
+    "lora": "58e4eb9f12e0cb98",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_shipped_presets_keep_their_identity(name):
+    assert config_hash(compose([f"strategy={name}"])) == PINNED[name]
+
+
+def test_an_option_left_off_is_not_part_of_the_identity_but_one_set_is():
+    plain = compose(["strategy=finetune"])
+    assert "strategy.layer_lr_decay" not in run_params(plain)  # older runs lack the param too
+    decayed = compose(["strategy=finetune", "strategy.layer_lr_decay=0.8"])
+    assert config_hash(decayed) != config_hash(plain)
+    assert run_params(decayed)["strategy.layer_lr_decay"] == "0.8"
+    assert config_hash(compose(["strategy=finetune", "strategy.gradual_unfreeze=true"])) != config_hash(plain)
