@@ -60,6 +60,18 @@ def test_ray_config_composes(monkeypatch):
     assert _compose("hydra/launcher=ray").hydra.launcher.address == "auto"  # join the running cluster
 
 
+def test_ray_jobs_no_node_can_hold_fail_at_once():
+    """Ray would queue them and wait for ever (4 CPUs per job on a 2-CPU machine)."""
+    from hydra_plugins.ray_task_launcher.ray_task_launcher import check_feasible
+
+    nodes = [{"CPU": 2.0, "memory": 1e9}, {"CPU": 8.0, "GPU": 1.0}]
+    check_feasible({"num_cpus": 8, "num_gpus": 1}, nodes)  # the second node holds it
+    with pytest.raises(ValueError, match=r"remote.num_cpus=16: .*the most is 8.*wait_for_resources=true"):
+        check_feasible({"num_cpus": 16, "num_gpus": 0}, nodes)
+    with pytest.raises(ValueError, match=r"remote.num_gpus=2: .*the most is 1"):
+        check_feasible({"num_cpus": 1, "num_gpus": 2}, nodes)
+
+
 def test_submitit_local_sweep_keeps_parent_and_children_across_processes(tmp_path, mlflow_store):
     """Jobs run as separate processes (submitit's local backend, the code path SLURM jobs take) and still
     become children of the sweep's parent run, which they find in <sweep dir>/mlflow_parent.json."""

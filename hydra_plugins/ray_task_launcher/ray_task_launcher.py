@@ -48,8 +48,21 @@ def _run_job(hydra_context: HydraContext, sweep_config: DictConfig, task_functio
                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
 
+def check_feasible(options: dict, nodes: list[dict]) -> None:
+    """Ray queues a task that no node can hold and waits for ever; fail at once instead, in one line."""
+    for key, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+        need = float(options.get(key) or 0)
+        most = max((float(n.get(resource, 0)) for n in nodes), default=0.0)
+        if need > most:
+            raise ValueError(f"hydra.launcher.remote.{key}={options[key]:g}: no node of the Ray cluster has that "
+                             f"many {resource}s (the most is {most:g}); lower it, or set "
+                             f"hydra.launcher.wait_for_resources=true on a cluster that adds nodes")
+
+
 class RayTaskLauncher(Launcher):
-    def __init__(self, address: str | None = None, init: Any = None, remote: Any = None) -> None:
+    def __init__(self, address: str | None = None, init: Any = None, remote: Any = None,
+                 wait_for_resources: bool = False) -> None:
+        self.wait_for_resources = bool(wait_for_resources)
         self.address = address
         self.init = OmegaConf.to_container(init, resolve=True) if isinstance(init, DictConfig) else dict(init or {})
         self.remote = OmegaConf.to_container(remote, resolve=True) if isinstance(remote, DictConfig) else dict(remote or {})
@@ -80,6 +93,8 @@ class RayTaskLauncher(Launcher):
         options = {k: v for k, v in self.remote.items() if v is not None}
         if options.get("num_gpus") == "auto":
             options["num_gpus"] = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        if not self.wait_for_resources:
+            check_feasible(options, [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")])
         return options
 
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
