@@ -18,6 +18,7 @@ BOOKKEEPING = (
     "checkpoint_dir", "cache", "cache_dir", "strategy.cache", "strategy.cache_dir", "progress",
     "strategy.progress", "data.min_class_count",
     "epochs",  # +epochs=N (mixed sweeps): its effect is in strategy.epochs, which stays in the identity
+    "keep_best",  # experiment=few_shot's: its effect is in strategy.keep_best, which stays in the identity
 )
 # Params that never make two runs different configurations in the report: bookkeeping, outputs of the run,
 # and the seed itself (seeds are the replicates that mean ± std is taken over).

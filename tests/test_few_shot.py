@@ -38,3 +38,13 @@ def test_few_shot_sizes_are_per_class_on_imdb():
         assert np.bincount(ds.test.labels).tolist() == [1000, 1000]
         assert val in (None, ds.val.texts) and test in (None, ds.test.texts)
         val, test = ds.val.texts, ds.test.texts
+
+
+def test_few_shot_selects_nothing_on_validation():
+    """Validation lies outside the labelled budget: no preset may pick an epoch with it (true few-shot)."""
+    from conftest import compose
+
+    for name in _sweep().hydra.sweeper.params.strategy.split(","):
+        s = compose(["experiment=few_shot", f"strategy={name}"]).strategy
+        assert not s.get("keep_best", False) and s.get("early_stopping_patience") is None, name
+    assert compose(["strategy=freeze"]).strategy.keep_best  # elsewhere freeze keeps its best epoch
