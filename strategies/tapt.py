@@ -28,6 +28,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
+from . import distributed as ddp
 from . import mlm
 from .backbone import count_parameters, load_encoder, verify_weights
 from .base import EpochCallback, FitReport, Split, StepCallback, _no_callback
@@ -196,7 +197,14 @@ class TaptStrategy(FineTuneStrategy):
             log.warning("adapted encoder: cannot store %s (%s); continuing without it", folder, e)
 
     def adapt(self, corpus: list[str]) -> None:
-        """The adapted encoder's weights into self._adapted: from the store, or by MLM training."""
+        """The adapted encoder's weights into self._adapted: from the store, or by MLM training. Under torchrun
+        rank 0 alone adapts (and alone reads or writes the store and the MLM checkpoints); every rank gets its
+        weights, so fine-tuning starts from the same encoder everywhere."""
+        self._adapted, info, self._adapt_before_resume_s = ddp.from_main(lambda: self._adapt_here(corpus))
+        self._adapt_info |= info
+
+    def _adapt_here(self, corpus: list[str]) -> tuple[dict, dict, float]:
+        """(adapted weights, what to log, adaptation seconds before an interruption) on this process."""
         key = self.cache_key(corpus)
         resumed = self._ckpt_dir is not None and (self._ckpt_dir / "trainer_state.pt").is_file()
         # With the cache off, the finished adaptation still goes beside the run's checkpoints, for a resume.
@@ -204,14 +212,12 @@ class TaptStrategy(FineTuneStrategy):
             self._ckpt_dir / "adapted" / key if self._ckpt_dir is not None and self._ckpt_every else None)
         stored = self._stored(folder)
         if stored is not None:
-            self._adapted, meta = stored
+            adapted, meta = stored
             seconds = float(meta.get("seconds", 0.0))
-            if resumed:  # this run adapted before its interruption: that time is its own
-                self._adapt_before_resume_s = seconds
-            self._adapt_info |= {"adapt_cache": "resumed" if resumed else "hit", "adapt_time_s": round(seconds, 3),
-                                 "mlm_head_initialised": meta.get("mlm_head_initialised")}
             log.info("adapted encoder: cache hit (%s); adaptation took %.1f s when stored", folder, seconds)
-            return
+            info = {"adapt_cache": "resumed" if resumed else "hit", "adapt_time_s": round(seconds, 3),
+                    "mlm_head_initialised": meta.get("mlm_head_initialised")}
+            return adapted, info, seconds if resumed else 0.0  # resumed: this run adapted before, its own time
         t0 = time.perf_counter()
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # fine-tuning sees the same RNG on a hit and a miss
@@ -224,19 +230,19 @@ class TaptStrategy(FineTuneStrategy):
                 ckpt_every=self._ckpt_every,
                 report=self._report,
             )
-        self._adapted = {k: v.detach().cpu().contiguous() for k, v in model.base_model.state_dict().items()}
+        adapted = {k: v.detach().cpu().contiguous() for k, v in model.base_model.state_dict().items()}
         head_initialised = model.mlm_head_initialised
         del model
         seconds = before_s + time.perf_counter() - t0
-        self._adapt_before_resume_s = before_s
         if folder is not None:
-            self._store(folder, self._adapted, {"seconds": seconds, "steps": self.mlm_settings.steps,
-                                                "texts": len(corpus), "mlm_head_initialised": head_initialised})
-        self._adapt_info |= {"adapt_cache": "miss" if self.adapt_dir is not None else "off",
-                             "adapt_time_s": round(seconds, 3), "mlm_head_initialised": head_initialised}
+            self._store(folder, adapted, {"seconds": seconds, "steps": self.mlm_settings.steps,
+                                          "texts": len(corpus), "mlm_head_initialised": head_initialised})
+        info = {"adapt_cache": "miss" if self.adapt_dir is not None else "off",
+                "adapt_time_s": round(seconds, 3), "mlm_head_initialised": head_initialised}
         if from_step:
-            self._adapt_info["mlm_resumed_from_step"] = from_step
+            info["mlm_resumed_from_step"] = from_step
         log.info("adapted encoder: %d MLM steps on %d texts in %.1f s", self.mlm_settings.steps, len(corpus), seconds)
+        return adapted, info, before_s
 
     def fit(self, train: Split, val: Split | None = None, on_epoch: EpochCallback = _no_callback) -> None:
         self.adapt(self.mlm_corpus(train))
