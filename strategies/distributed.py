@@ -72,6 +72,16 @@ def from_main(fn: Callable[[], object]):
     return box[0]
 
 
+def sync_from_main(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank: work that every rank repeats (SetFit's contrastive
+    fine-tuning) may drift apart on a GPU, and sharded extraction must use one encoder."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
 def gather(obj) -> list:
     """Every rank's obj, in rank order (on every rank)."""
     if world_size() == 1:

@@ -20,6 +20,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from . import distributed as ddp
 from . import sklearn_utils
 from .backbone import autocast, collate, count_parameters, forward_features, length_batches, tokenize
 from .base import EpochCallback, Split, _no_callback
@@ -133,6 +134,7 @@ class SetFitStrategy(EncoderStrategy):
                 if loss_check_due(self.device, step):
                     check_loss(total, step)
             check_loss(total, step)
+            ddp.sync_from_main(encoder)  # under torchrun every rank trained alike; one encoder extracts
             # The head on this epoch's embeddings: cheap at the few labels SetFit is for, and it gives the
             # runner a validation score per epoch like every other strategy.
             self.pipeline.fit(self._extract(train.texts), train.labels)
