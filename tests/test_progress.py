@@ -108,4 +108,4 @@ def test_freeze_ends_on_its_best_validation_epoch(tiny_overrides):
     assert best < 12, "the setting no longer overfits: the test would not tell best from last"
     assert strategy.best_epoch == best
     np.testing.assert_allclose(strategy.predict_proba(val.texts), seen[best], atol=1e-6)
-    assert strategy.info()["best_epoch"] == best
+    assert strategy.fit_report().best_epoch == best  # what the runner logs as runtime.best_epoch
