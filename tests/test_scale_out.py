@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RUN_PY, subprocess_env
+from conftest import RUN_PY, MlflowStore, subprocess_env
 
 REQUIRE = os.environ.get("TRANSFER_BENCH_REQUIRE_SERVERS") == "1"
 
@@ -38,24 +38,11 @@ def _has_user(name: str) -> bool:
         return False
 
 
-class ServerStore:
-    """The tracking server as the tests see it: overrides for run.py, a client, the runs of an experiment."""
+class ServerStore(MlflowStore):
+    """The tracking server as the tests see it: the same overrides, client and runs as the SQLite store's."""
 
     def __init__(self, url: str, root: Path, postgres_uri: str):
         self.uri, self.root, self.postgres_uri = url, root, postgres_uri
-
-    def overrides(self, experiment_name: str) -> list[str]:
-        return [f"tracking_uri={self.uri}", f"experiment_name={experiment_name}"]
-
-    def client(self):
-        import mlflow
-
-        return mlflow.MlflowClient(tracking_uri=self.uri)
-
-    def runs(self, experiment_name: str):
-        client = self.client()
-        exp = client.get_experiment_by_name(experiment_name)
-        return client.search_runs([exp.experiment_id], max_results=1000) if exp else []
 
 
 @pytest.fixture(scope="session")
