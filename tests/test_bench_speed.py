@@ -1,0 +1,71 @@
+"""benchmarks/bench_speed.py: the FLOPs count behind its roofline column, the matmul peak, and one tiny run of
+the expert-peer parts (a: sentence-transformers, d: the expert Trainer and the accuracy parity)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from types import SimpleNamespace
+
+import pytest
+from conftest import IMDB, REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))  # bench_speed imports bench_gpu's file-naming helpers
+_spec = importlib.util.spec_from_file_location("bench_speed", REPO / "benchmarks" / "bench_speed.py")
+bench_speed = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_speed)
+
+
+def test_flops_counts_useful_tokens_only():
+    cfg = SimpleNamespace(hidden_size=4, intermediate_size=8, num_hidden_layers=2)
+    # per layer, text of 3 tokens: 2·3·(4·16 + 2·4·8) linear + 4·3²·4 attention; padding is never counted
+    one = 2 * (2 * 3 * (4 * 16 + 2 * 4 * 8) + 4 * 9 * 4)
+    assert one == 1824
+    assert bench_speed.flops(cfg, [3]) == one
+    assert bench_speed.flops(cfg, [3, 3]) == 2 * one
+    assert bench_speed.flops(cfg, [3], training=True) == 3 * one
+    # MiniLM (384 wide, 1536 feed-forward, 6 layers) at 512 tokens: ≈ 13.3 GFLOP per text forward
+    minilm = SimpleNamespace(hidden_size=384, intermediate_size=1536, num_hidden_layers=6)
+    assert bench_speed.flops(minilm, [512]) == pytest.approx(13.29e9, rel=1e-3)
+
+
+def test_matmul_peak_and_roofline():
+    import torch
+
+    peak = {"bf16": bench_speed.matmul_peak(torch.bfloat16, sizes=(64, 128), repeats=2),
+            "fp32": bench_speed.matmul_peak(torch.float32, sizes=(64, 128), repeats=2)}
+    for p in peak.values():
+        assert set(p["by_size"]) == {64, 128} and p["gflops"] == max(p["by_size"].values()) > 0
+    r = bench_speed.roofline(2e9, 1.0, {"bf16": {"gflops": 4.0}, "fp32": {"gflops": 8.0}})
+    assert r == {"gflops": 2.0, "of_bf16_peak": 0.5, "of_fp32_peak": 0.25}
+
+
+def test_repeat_reports_the_median_and_spread():
+    calls = []
+    out, t = bench_speed.repeat(lambda s: calls.append(s) or len(calls), 3, setup=lambda: "fresh")
+    assert out == 3 and calls == ["fresh"] * 3
+    assert t["repeats"] == 3 and t["min_s"] <= t["median_s"] <= t["max_s"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (IMDB / "train.parquet").exists(), reason="IMDb parquet not in ../shared")
+def test_expert_parts_tiny_run(tmp_path):
+    """Parts a and d end to end on 8 texts at 32 tokens: every path is timed (median of 2), the goals are
+    judged, the parity runs, and the report names the expert peers."""
+    rc = bench_speed.main(["--data", str(IMDB), "--n", "8", "--n-test", "8", "--ft-n", "8", "--max-length", "32",
+                           "--repeats", "2", "--st-batch-sizes", "8", "--parity-n", "16", "--parity-test", "16",
+                           "--parts", "ad", "--out", str(tmp_path)])
+    assert rc == 0
+    (js,) = tmp_path.glob("speed-*-ad.json")
+    res = json.loads(js.read_text())
+    assert res["meta"]["matmul_peak"]["bf16"]["gflops"] > 0 and res["meta"]["repeats"] == 2
+    a, d = res["parts"]["a"], res["parts"]["d"]
+    assert set(a["paths"]) == {"naive", "ours", "sentence-transformers float32 b32", "sentence-transformers bfloat16 b8"}
+    assert a["expert_best"].startswith("sentence-transformers") and a["min_cosine_vs_naive"] > 0.99
+    assert {"ratio", "ratio_vs_expert", "ours_of_bf16_peak"} == set(a["goals_met"]) == set(d["goals_met"])
+    assert sum("expert" in k for k in d["paths"]) == 2 and all(r["repeats"] == 2 for r in d["paths"].values())
+    q = d["parity"]
+    assert q["train"] == q["test"] == 16 and 0 <= q["trainer_acc"] <= 1 and 0 <= q["mcnemar_p"] <= 1
+    md = js.with_suffix(".md").read_text()
+    assert "of bf16 peak" in md and "vs the expert's best" in md and "accuracy parity" in md
