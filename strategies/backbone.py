@@ -116,11 +116,29 @@ def load_tokenizer(spec: ModelSpec):
     return AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
 
 
-def load_encoder(spec: ModelSpec) -> torch.nn.Module:
-    """The bare encoder (AutoModel); heads are the strategies' business. Only safetensors weights load."""
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")  # BERT/MPNet/RoBERTa, DistilBERT
+
+
+def attention_dropout_overrides(spec: ModelSpec, p: float | None) -> dict[str, float]:
+    """Config overrides that set the dropout on attention probabilities to p (None: the model's own)."""
+    if p is None:
+        return {}
+    config = AutoConfig.from_pretrained(spec.resolve_path(), trust_remote_code=spec.trust_remote_code)
+    keys = [k for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)]
+    if not keys:
+        raise ValueError(f"strategy.attention_dropout={p}: '{spec.name}' has no attention dropout in its config "
+                         f"({' / '.join(ATTENTION_DROPOUT_KEYS)}); set strategy.attention_dropout=null")
+    return dict.fromkeys(keys, float(p))
+
+
+def load_encoder(spec: ModelSpec, attention_dropout: float | None = None) -> torch.nn.Module:
+    """The bare encoder (AutoModel); heads are the strategies' business. Only safetensors weights load.
+    attention_dropout: None keeps the model's own; 0 lets SDPA use its fused kernels when training (with
+    dropout on the attention probabilities it falls back to explicit matmuls, softmax and a random mask)."""
     path = spec.resolve_path()
     verify_weights(spec, path)
-    model = AutoModel.from_pretrained(path, trust_remote_code=spec.trust_remote_code, use_safetensors=True)
+    model = AutoModel.from_pretrained(path, trust_remote_code=spec.trust_remote_code, use_safetensors=True,
+                                      **attention_dropout_overrides(spec, attention_dropout))
     return _bare(model, spec)
 
 
@@ -360,10 +378,14 @@ def extract_features(
     out: np.ndarray | None = None
     on_device: torch.Tensor | None = None  # GPU: rows in batch order, copied to the host once at the end
     order, done = [], 0
+    # Weights already in bf16/fp16 (a frozen encoder, cast once): the ops run in that dtype without autocast,
+    # which would otherwise cast activations up and down around its fp32 ops.
+    cast = next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
+    low_precision_ctx = contextlib.nullcontext() if cast else autocast(device, precision)
     bar = progress.bar(len(items), "encode", unit="text")
     for idx in length_batches(lengths, batch_size):
         batch = collate(tokenizer, [items[i] for i in idx], device)
-        with autocast(device, precision):
+        with low_precision_ctx:
             feats = forward_features(model, batch, layers, pooling, combine).float()
         if out is None:
             out = np.empty((len(items), feats.shape[1]), dtype=np.float32)

@@ -153,7 +153,7 @@ class TaptStrategy(FineTuneStrategy):
     @property
     def encoder(self):
         if self._encoder is None:
-            encoder = load_encoder(self.spec)
+            encoder = load_encoder(self.spec, self.attention_dropout)  # fine-tuning's setting, not MLM's
             if self._adapted is not None:
                 missing, unexpected = encoder.load_state_dict(self._adapted, strict=False)
                 if missing or unexpected:
