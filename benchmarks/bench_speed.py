@@ -354,10 +354,10 @@ def trainer_run(ctx, train: Split, *, expert: bool, batch: int, accumulation: in
     return setup, run
 
 
-def ours_run(ctx, train: Split, epochs: int = 1):
+def ours_run(ctx, train: Split, epochs: int = 1, *extra: str):
     """(setup, run) for FineTuneStrategy's loop at its preset (length-bucketed batches of 16 in micro-batches,
-    precision=auto). Per-epoch training losses are collected in the strategy's `losses`."""
-    cfg = compose(ctx["overrides"] + ["strategy=finetune", f"strategy.epochs={epochs}", f"seed={ctx['seed']}"])
+    precision=auto), plus any extra overrides. Per-epoch training losses are collected in `losses`."""
+    cfg = compose(ctx["overrides"] + ["strategy=finetune", f"strategy.epochs={epochs}", f"seed={ctx['seed']}", *extra])
 
     def setup():
         strategy = build_strategy(cfg.strategy, 2)
@@ -378,24 +378,29 @@ def part_d(ctx) -> dict:
     train = Split(ctx["train"].texts[:n], ctx["train"].labels[:n])
     work = flops(ctx["model"].config, ctx["lengths"][:n], training=True)
     cfg, setup, run = ours_run(ctx, train)
+    ours_name = f"ours (batch {cfg.batch_size}, attention dropout {cfg.attention_dropout})"
     paths = {
         f"Trainer defaults (batch {ctx['trainer_batch_size']})": trainer_run(ctx, train, expert=False,
                                                                              batch=ctx["trainer_batch_size"]),
         "Trainer expert (batch 4 x 4 accumulation)": trainer_run(ctx, train, expert=True, batch=4, accumulation=4),
         "Trainer expert (batch 16)": trainer_run(ctx, train, expert=True, batch=16),
-        f"ours (batch {cfg.batch_size})": (setup, run),
+        ours_name: (setup, run),
     }
+    if cfg.attention_dropout is not None:  # the preset's recipe vs the model's own attention dropout
+        own_cfg, *own = ours_run(ctx, train, 1, "strategy.attention_dropout=null")
+        paths[f"ours (batch {own_cfg.batch_size}, the model's attention dropout)"] = tuple(own)
     rows = {}
     for name, (setup_fn, run_fn) in paths.items():
         print(f"  {name} …", flush=True)
         _, t = repeat(run_fn, R, setup=setup_fn)
         rows[name] = t | {"seq_s": n / t["median_s"]} | roofline(work, t["median_s"], ctx["peak"])
-    naive, ours = rows[next(iter(rows))], rows[f"ours (batch {cfg.batch_size})"]
+    naive, ours = rows[next(iter(rows))], rows[ours_name]
     experts = {k: v for k, v in rows.items() if "expert" in k}
     best = max(experts, key=lambda k: experts[k]["seq_s"])
     out = {
         "train_sequences": n, "useful_gflop": work / 1e9, "paths": rows, "expert_best": best,
         "trainer_batch_size": ctx["trainer_batch_size"], "ours_batch_size": cfg.batch_size,
+        "ours_micro_batch_size": setup().micro_batch_size, "ours_attention_dropout": cfg.attention_dropout,
         "naive_s": naive["median_s"], "ours_s": ours["median_s"], "naive_seq_s": naive["seq_s"],
         "ours_seq_s": ours["seq_s"], "ratio": naive["median_s"] / ours["median_s"],
         "ratio_vs_expert": experts[best]["median_s"] / ours["median_s"], "ours_of_bf16_peak": ours["of_bf16_peak"],
@@ -407,31 +412,36 @@ def part_d(ctx) -> dict:
 
 
 def parity(ctx, cfg) -> dict:
-    """Same accuracy, not only speed: the expert Trainer (batch 16) and the loop fine-tune on the same reviews for one
-    epoch at the preset's learning rate, warm-up and weight decay, and predict the same test reviews. Parity
-    holds when McNemar's test finds no difference at 5% or the loop is the more accurate."""
+    """Same accuracy, not only speed: the expert Trainer (batch 16, the model's own dropout) and the loop at its
+    preset fine-tune on the same reviews for --parity-epochs at the preset's learning rate, warm-up and weight
+    decay, and predict the same test reviews. Parity holds when McNemar's test finds no difference at 5% or the
+    loop is the more accurate."""
     from experiments.compare import mcnemar
 
     train = subset(ctx["data"] / "train.parquet", ctx["parity_n"], ctx["seed"] + 1)  # not the timed texts
     test = subset(ctx["data"] / "test.parquet", ctx["parity_test"], ctx["seed"] + 1)
     # batch 16 without accumulation: the loop's batch, and Trainer logs the plain per-step loss
-    setup, run = trainer_run(ctx, train, expert=True, batch=cfg.batch_size, lr=cfg.lr,
+    epochs = ctx["parity_epochs"]
+    setup, run = trainer_run(ctx, train, expert=True, batch=cfg.batch_size, epochs=epochs, lr=cfg.lr,
                              warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, logging_steps=1)
     trainer = run(setup())
     from datasets import Dataset
     enc = ctx["tok"](test.texts, truncation=True, max_length=ctx["max_length"])
     trainer_pred = trainer.predict(Dataset.from_dict(dict(enc))).predictions.argmax(-1)
     trainer_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    _, setup, run = ours_run(ctx, train)
+    _, setup, run = ours_run(ctx, train, epochs)
     strategy = run(setup())
     ours_pred = strategy.predict(test.texts)
     ok_t, ok_o = trainer_pred == test.labels, ours_pred == test.labels
     p, _ = mcnemar(int(np.sum(ok_o & ~ok_t)), int(np.sum(ok_t & ~ok_o)))
     acc_t, acc_o = float(ok_t.mean()), float(ok_o.mean())
     return {
-        "train": len(train), "test": len(test), "epochs": 1, "lr": cfg.lr, "ours_head_lr": cfg.head_lr,
+        "train": len(train), "test": len(test), "epochs": epochs, "lr": cfg.lr, "ours_head_lr": cfg.head_lr,
+        "ours_attention_dropout": cfg.attention_dropout,
         "trainer_acc": acc_t, "ours_acc": acc_o, "mcnemar_p": p,
-        "trainer_mean_train_loss": float(np.mean(trainer_losses)), "ours_mean_train_loss": strategy.losses[-1],
+        # the last epoch's mean training loss on each side
+        "trainer_last_epoch_loss": float(np.mean(trainer_losses[-len(trainer_losses) // epochs:])),
+        "ours_last_epoch_loss": strategy.losses[-1],
         "parity_met": bool(p >= 0.05 or acc_o >= acc_t),
     }
 
@@ -574,10 +584,10 @@ def markdown(res: dict) -> str:
                       f"{goal(key, 'ours_of_bf16_peak')}"]
             if "parity" in x:
                 q = x["parity"]
-                lines.append(f"- accuracy parity ({q['train']} train / {q['test']} test reviews, {q['epochs']} epoch, "
+                lines.append(f"- accuracy parity ({q['train']} train / {q['test']} test reviews, {q['epochs']} epochs, "
                              f"lr {q['lr']}): expert Trainer {100 * q['trainer_acc']:.1f}%, ours "
-                             f"{100 * q['ours_acc']:.1f}% (McNemar p = {q['mcnemar_p']:.3f}); mean training loss "
-                             f"{q['trainer_mean_train_loss']:.3f} vs {q['ours_mean_train_loss']:.3f}; parity "
+                             f"{100 * q['ours_acc']:.1f}% (McNemar p = {q['mcnemar_p']:.3f}); last epoch's mean "
+                             f"training loss {q['trainer_last_epoch_loss']:.3f} vs {q['ours_last_epoch_loss']:.3f}; parity "
                              + ("holds" if q["parity_met"] else "**fails**")
                              + " (tolerance: no significant difference at 5%, or ours more accurate)")
     if "e" in p:
@@ -610,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--st-batch-sizes", default="8,16,32,64", help="sentence-transformers bf16 batch sizes (part a)")
     ap.add_argument("--parity-n", type=int, default=512, help="part d's accuracy parity: training reviews (0 = skip)")
     ap.add_argument("--parity-test", type=int, default=500, help="part d's accuracy parity: test reviews")
+    ap.add_argument("--parity-epochs", type=int, default=3, help="part d's accuracy parity: epochs (the preset's 3)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
@@ -633,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         "ft_n": args.ft_n, "trainer_batch_size": args.trainer_batch_size, "knob_n": args.knob_n,
         "no_cache_sweep": args.no_cache_sweep, "repeats": args.repeats, "data": data,
         "st_batch_sizes": [int(b) for b in args.st_batch_sizes.split(",")],
-        "parity_n": args.parity_n, "parity_test": args.parity_test,
+        "parity_n": args.parity_n, "parity_test": args.parity_test, "parity_epochs": args.parity_epochs,
         "train": subset(data / "train.parquet", args.n, args.seed),
         "test": subset(data / "test.parquet", args.n_test, args.seed),
         "overrides": [f"model.max_length={args.max_length}", "device=cpu", "precision=auto"],

@@ -54,7 +54,7 @@ def test_expert_parts_tiny_run(tmp_path):
     """Parts a and d end to end on 8 texts at 32 tokens: every path is timed (median of 2), the goals are
     judged, the parity runs, and the report names the expert peers."""
     rc = bench_speed.main(["--data", str(IMDB), "--n", "8", "--n-test", "8", "--ft-n", "8", "--max-length", "32",
-                           "--repeats", "2", "--st-batch-sizes", "8", "--parity-n", "16", "--parity-test", "16",
+                           "--repeats", "2", "--st-batch-sizes", "8", "--parity-n", "16", "--parity-test", "16", "--parity-epochs", "1",
                            "--parts", "ad", "--out", str(tmp_path)])
     assert rc == 0
     (js,) = tmp_path.glob("speed-*-ad.json")

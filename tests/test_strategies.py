@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import STRATEGY_PRESETS, compose, demo_split, quick
+from conftest import STRATEGY_PRESETS, compose, demo_split, preset_has, quick
 
 from experiments.bundle import build_strategy
 from strategies.backbone import _cpu_has_bf16, collate, extract_features, length_batches, tokenize
@@ -363,6 +363,52 @@ def test_bf16_features_agree_with_fp32(tiny_overrides):
     assert not np.array_equal(a, b), "bf16 autocast seems to have had no effect"
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cos.min() > 0.99, cos
+
+
+@pytest.mark.skipif(not _cpu_has_bf16(), reason="this CPU has no fast bf16 (AMX/AVX512-BF16)")
+@pytest.mark.parametrize("name", ["embed", "freeze"])
+def test_frozen_encoder_holds_bf16_weights_under_bf16(name, tiny_overrides):
+    """A frozen encoder is cast to bf16 once (no autocast per op); a trained one keeps fp32 master weights.
+    The feature cache tells the two numerics apart."""
+    frozen = make(tiny_overrides, name, "strategy.precision=bf16", "strategy.device=cpu")
+    assert {p.dtype for p in frozen.encoder.parameters()} == {torch.bfloat16}
+    assert make(tiny_overrides, name, "strategy.precision=fp32", "strategy.device=cpu").encoder.dtype == torch.float32
+    trained = make(tiny_overrides, "finetune", "strategy.precision=bf16", "strategy.device=cpu")
+    assert {p.dtype for p in trained.encoder.parameters()} == {torch.float32}
+
+
+def attention_dropouts(encoder) -> dict[str, float]:
+    return {n: m.dropout.p for n, m in encoder.named_modules() if n.endswith("attention.self")}
+
+
+@pytest.mark.parametrize("name", [n for n in STRATEGY_PRESETS if preset_has(n, "attention_dropout")])
+def test_attention_dropout_reaches_every_attention_layer(name, tiny_overrides):
+    """0 sets the dropout on attention probabilities (what keeps SDPA off its fused kernel) and nothing else;
+    null keeps the model's own."""
+    s = make(tiny_overrides, name, "strategy.attention_dropout=0.0")
+    encoder = s.encoder
+    assert set(attention_dropouts(encoder).values()) == {0.0} and len(attention_dropouts(encoder)) == 2
+    hidden = {m.p for n, m in encoder.named_modules() if n.endswith("output.dropout")}
+    assert hidden == {encoder.config.hidden_dropout_prob} and hidden != {0.0}
+    own = make(tiny_overrides, name, "strategy.attention_dropout=null").encoder
+    assert set(attention_dropouts(own).values()) == {own.config.attention_probs_dropout_prob} != {0.0}
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_attention_dropout_out_of_range(value, tiny_overrides):
+    from experiments.runner import ConfigError, make_strategy
+
+    cfg = compose(["strategy=finetune", *tiny_overrides, f"strategy.attention_dropout={value}"])
+    with pytest.raises(ConfigError, match=r"strategy.attention_dropout=.*\[0, 1\)"):  # the runner's one line
+        make_strategy(cfg, NUM_LABELS)
+
+
+def test_attention_dropout_needs_a_config_key(tiny_overrides, monkeypatch):
+    from strategies import backbone
+
+    monkeypatch.setattr(backbone, "ATTENTION_DROPOUT_KEYS", ("no_such_key",))
+    with pytest.raises(ValueError, match="has no attention dropout in its config"):
+        make(tiny_overrides, "finetune", "strategy.attention_dropout=0.0").encoder  # noqa: B018
 
 
 def test_auto_precision_follows_the_cpu(tiny_overrides):
