@@ -187,7 +187,9 @@ def part_a(ctx) -> dict:
         paths[name] = (feats, timing)
 
     path("naive", lambda ts: naive_features(model, tok, ts, L))
-    path("ours", lambda ts: extract_features(model, tok, ts, max_length=L, pooling="mean", batch_size=ctx["batch_size"],
+    # the encoder as embed/freeze hold it (under bf16: weights cast once, see EncoderStrategy.encoder)
+    frozen = build_strategy(compose(ctx["overrides"] + ["strategy=embed"]).strategy, 2).encoder
+    path("ours", lambda ts: extract_features(frozen, tok, ts, max_length=L, pooling="mean", batch_size=ctx["batch_size"],
                                              device=ctx["device"], precision=ctx["precision"]))
     for dtype, batches in ((torch.float32, (32,)), (torch.bfloat16, ctx["st_batch_sizes"])):
         st = sentence_transformer(ctx, dtype)
