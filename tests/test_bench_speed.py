@@ -64,7 +64,7 @@ def test_expert_parts_tiny_run(tmp_path):
     assert set(a["paths"]) == {"naive", "ours", "sentence-transformers float32 b32", "sentence-transformers bfloat16 b8"}
     assert a["expert_best"].startswith("sentence-transformers") and a["min_cosine_vs_naive"] > 0.99
     assert {"ratio", "ratio_vs_expert", "ours_of_bf16_peak"} == set(a["goals_met"]) == set(d["goals_met"])
-    assert sum("expert" in k for k in d["paths"]) == 2 and all(r["repeats"] == 2 for r in d["paths"].values())
+    assert sum("expert" in k for k in d["paths"]) == 3 and d["ratio_vs_expert_same_recipe"] > 0 and all(r["repeats"] == 2 for r in d["paths"].values())
     q = d["parity"]
     assert q["train"] == q["test"] == 16 and 0 <= q["trainer_acc"] <= 1 and 0 <= q["mcnemar_p"] <= 1
     md = js.with_suffix(".md").read_text()
