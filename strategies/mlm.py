@@ -128,6 +128,8 @@ def train_mlm(
         sched.load_state_dict(saved["scheduler"])
         gen.set_state(saved["mask_rng"])
         torch.set_rng_state(saved["torch_rng"])
+        if saved.get("cuda_rng") and torch.cuda.is_available():  # dropout on a GPU draws from these
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         step, before_s = saved["step"], saved["seconds"]
         log.info("MLM resumes at step %d of %d", step, settings.steps)
     resumed_from = step
@@ -172,6 +174,7 @@ def train_mlm(
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "mask_rng": gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "step": step,
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "seconds": before_s + time.perf_counter() - t0,
             })
     model.eval()
