@@ -1,5 +1,8 @@
 """Entry point: `python run.py strategy=freeze` (see README.md). Hydra composes conf/; run() does the work."""
 
+import signal
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -12,4 +15,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # SIGTERM (kill, a timeout, a scheduler's preemption) would end Python on the spot: the MLflow run, and a
+    # sweep's parent, would stay RUNNING. As SystemExit it unwinds: the run ends FAILED, the parent FAILED
+    # (SweepSummary's exit hook) and jobs left behind KILLED; a relaunch continues (skip_finished, resume).
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     main()

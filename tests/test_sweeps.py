@@ -3,8 +3,10 @@ comparison report logged to the parent."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import REPO, RUN_PY, subprocess_env
@@ -128,3 +130,29 @@ def test_a_mixed_sweep_sets_epochs_where_a_strategy_has_them(tmp_path, mlflow_st
     assert "strategy.epochs" not in children["baseline"].data.params
     history = mlflow_store.client().get_metric_history(children["freeze"].info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2]
+
+
+def test_a_sigtermed_sweep_leaves_nothing_running(tmp_path, mlflow_store, tiny_overrides):
+    """kill (SIGTERM) mid-job: the job's run ends FAILED, the parent FAILED with a note, nothing stays
+    RUNNING, and the process exits non-zero."""
+    proc = subprocess.Popen(
+        [sys.executable, str(RUN_PY), "-m", "strategy=finetune", "strategy.epochs=1000", "seed=0,1",
+         "log_model=false", *tiny_overrides, *mlflow_store.overrides("sigterm")],
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while not any(r.data.tags.get("sweep") != "parent" and r.info.status == "RUNNING"
+                      for r in mlflow_store.runs("sigterm")):
+            assert proc.poll() is None and time.time() < deadline, "the sweep never started a job"
+            time.sleep(0.5)
+        time.sleep(1)  # inside the job's training
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0, err[-2000:]
+    runs = {r.data.tags.get("sweep", "child"): r for r in mlflow_store.runs("sigterm")}
+    assert runs["parent"].info.status == "FAILED" and "sweep_stopped" in runs["parent"].data.tags
+    assert [r.info.status for r in mlflow_store.runs("sigterm") if r.info.status == "RUNNING"] == []
+    assert runs["child"].info.status in ("FAILED", "KILLED")
