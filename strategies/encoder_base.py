@@ -129,7 +129,7 @@ class EncoderStrategy(Strategy):
             encoder = self.prepare_encoder(load_encoder(self.spec, self.attention_dropout)).to(self.device)
             if self.precision == "bf16" and not any(p.requires_grad for p in encoder.parameters()):
                 # A frozen encoder never needs fp32 master weights: cast once, instead of autocast casting every
-                # weight on every forward. 1.2x faster extraction on a 2-core CPU (benchmarks/bench_speed.py).
+                # weight on every forward (1.1-1.2x in isolation on a 2-core CPU; within bench_speed's noise).
                 encoder = encoder.to(torch.bfloat16)
             self._encoder = encoder
         return self._encoder
