@@ -30,10 +30,12 @@ model in memory); everything else (tokenising, padding, head training, predictio
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -331,7 +333,8 @@ def trainer_run(ctx, train: Split, *, expert: bool, batch: int, accumulation: in
     tok, L, seed = ctx["tok"], ctx["max_length"], ctx["seed"]
     enc = tok(train.texts, truncation=True, max_length=L, **({} if expert else {"padding": "max_length"}))
     data = Dataset.from_dict(dict(enc) | {"labels": [int(y) for y in train.labels]})
-    out_dir = tempfile.mkdtemp(prefix="bench-trainer-")
+    out_dir = tempfile.mkdtemp(prefix="bench-trainer-")  # save_strategy="no": nothing is written there
+    atexit.register(shutil.rmtree, out_dir, True)
     args = TrainingArguments(
         output_dir=out_dir, num_train_epochs=epochs, per_device_train_batch_size=batch,
         gradient_accumulation_steps=accumulation, learning_rate=lr, warmup_steps=float(warmup_ratio),  # v5: a float is a ratio
