@@ -165,7 +165,9 @@ class EncoderStrategy(Strategy):
         parts = self._cache_ids | {
             "texts": texts_digest(texts), "max_length": self.spec.max_length, "layers": self.layers,
             "pooling": self.pooling, "combine": self.combine, "precision": self.precision,
-            "encoder_dtype": str(next(self.encoder.parameters()).dtype),  # bf16 weights vs autocast: other numerics
+            # the frozen encoder's weights (see encoder): bf16 weights and autocast differ in numerics. Known without
+            # loading the encoder, so a cache hit still loads nothing.
+            "encoder_dtype": str(torch.bfloat16 if self.precision == "bf16" else torch.float32),
             "device": self.device.type,
         }
         return self.feature_cache.get(parts, len(texts), lambda: self._extract(texts))
