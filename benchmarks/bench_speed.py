@@ -17,6 +17,9 @@ Parts (--parts, default all):
      the same learning rate and schedule, scored on the same --parity-test reviews (McNemar)
   e  (--knobs) other knobs: encoder batch size, threads, torch.compile, int8 dynamic quantisation, the
      tokeniser's share, and training forward+backward in micro-batches
+  p  (--profile) where the time of ours goes: torch.profiler over one extraction pass and one fine-tuning
+     epoch, the share of each kind of op (attention, linear layers, dropout masks, …) and the GFLOP/s of the
+     linear layers and of attention
 
 Every timing is the median of --repeats runs (min and max kept) with the machine's 1-minute load average:
 on a shared machine, compare ratios taken at low load. The bf16 and fp32 matmul peaks are measured in the
@@ -112,17 +115,20 @@ def repeat(fn, n: int, setup=None):
                  "repeats": n}
 
 
-def flops(config, lengths, training: bool = False) -> float:
+def flops(config, lengths, training: bool = False, term: str = "all") -> float:
     """Useful FLOPs of one encoder pass over texts of these token lengths; padding is not counted, so padded
     paths score lower. Per layer, for a text of n tokens, hidden size d and feed-forward size f:
         2·n·(4·d² + 2·d·f)   the Q, K, V and output projections and the two feed-forward matmuls
                              (2 FLOPs per multiply-add)
       + 4·n²·d               attention's Q·Kᵀ and A·V over the text's n tokens
     Embeddings, LayerNorm, softmax, GELU, the pooler and the head are left out (memory-bound, < 2%).
-    Training counts 3x the forward (the backward computes gradients for inputs and weights: 2x)."""
+    Training counts 3x the forward (the backward computes gradients for inputs and weights: 2x).
+    term: "all", or one of the two terms ("linear", "attention"), for the profile's per-kernel GFLOP/s."""
     d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     n = np.asarray(lengths, dtype=np.float64)
-    total = layers * float(np.sum(2 * n * (4 * d * d + 2 * d * f) + 4 * n * n * d))
+    linear, attention = 2 * n * (4 * d * d + 2 * d * f), 4 * n * n * d
+    per_text = {"all": linear + attention, "linear": linear, "attention": attention}[term]
+    total = layers * float(np.sum(per_text))
     return 3 * total if training else total
 
 
@@ -533,6 +539,66 @@ def micro_batches(ctx, batch: int = 16) -> dict:
     return out
 
 
+# Where the time goes: profiler ops by kind (the first group whose substring is in the op's name wins). SDPA's
+# fused CPU kernel and its backward carry "flash_attention"; math attention falls back to bmm and softmax.
+OP_GROUPS = (
+    ("attention", ("scaled_dot_product", "flash_attention", "efficient_attention", "softmax", "bmm")),
+    ("linear layers", ("addmm", "aten::mm", "aten::matmul", "aten::linear")),
+    ("dropout masks", ("bernoulli", "dropout")),
+    ("layer norm", ("layer_norm",)),
+    ("GELU", ("gelu",)),
+    ("optimizer", ("adam", "_foreach")),
+    ("casts and copies", ("aten::to", "_to_copy", "copy_", "contiguous", "clone")),
+    ("elementwise (add, mul, …)", ("aten::add", "aten::mul", "aten::div", "aten::sub", "aten::where")),
+)
+
+
+def op_group(name: str) -> str:
+    return next((group for group, keys in OP_GROUPS if any(k in name for k in keys)), "other")
+
+
+def profiled(fn, config, lengths, training: bool) -> dict:
+    """fn() once under torch.profiler: each op group's share of the self CPU time, and the GFLOP/s of the
+    linear layers and of attention (useful FLOPs of flops()'s two terms over the group's time). The profiler
+    adds overhead, so read the shares and the per-kernel rates, not the wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof, Timer() as t:
+        fn()
+    seconds: dict[str, float] = {}
+    for e in prof.key_averages():
+        g = op_group(e.key)
+        seconds[g] = seconds.get(g, 0.0) + e.self_cpu_time_total / 1e6
+    total = sum(seconds.values())
+    out = {"wall_s": t.s, "self_cpu_s": total, "load": t.load,
+           "groups": {g: {"s": v, "share": v / total} for g, v in sorted(seconds.items(), key=lambda kv: -kv[1])}}
+    for term, group in (("linear", "linear layers"), ("attention", "attention")):
+        if seconds.get(group):
+            out[f"{term}_gflops"] = flops(config, lengths, training, term) / seconds[group] / 1e9
+    return out
+
+
+def part_p(ctx) -> dict:
+    """(--profile) Where the time of ours goes: one extraction pass over the --n texts and one fine-tuning
+    epoch over --ft-n sequences, each under the profiler after a warm-up."""
+    tok, L, texts, config = ctx["tok"], ctx["max_length"], ctx["train"].texts, ctx["model"].config
+    frozen = build_strategy(compose(ctx["overrides"] + ["strategy=embed"]).strategy, 2).encoder
+
+    def extract(ts):
+        return extract_features(frozen, tok, ts, max_length=L, pooling="mean", batch_size=ctx["batch_size"],
+                                device=ctx["device"], precision=ctx["precision"])
+
+    extract(texts[:4])  # warm-up
+    out = {"extraction": profiled(lambda: extract(texts), config, ctx["lengths"], training=False) | {"texts": len(texts)}}
+    n = ctx["ft_n"]
+    train = Split(texts[:n], ctx["train"].labels[:n])
+    _, setup, run = ours_run(ctx, train)
+    run(setup())  # warm-up epoch: first-step allocations, oneDNN kernel choices
+    strategy = setup()
+    out["training"] = profiled(lambda: run(strategy), config, ctx["lengths"][:n], training=True) | {"sequences": n}
+    return out
+
+
 # ----------------------------------------------------------------------------- report
 def markdown(res: dict) -> str:
     m = res["meta"]
@@ -613,6 +679,18 @@ def markdown(res: dict) -> str:
                              f"training loss {q['trainer_last_epoch_loss']:.3f} vs {q['ours_last_epoch_loss']:.3f}; parity "
                              + ("holds" if q["parity_met"] else "**fails**")
                              + " (tolerance: no significant difference at 5%, or ours more accurate)")
+    if "p" in p:
+        x = p["p"]
+        ex, tr = x["extraction"], x["training"]
+        lines += ["", f"Profile of ours (`--profile`): share of the self CPU time by kind of op, one extraction pass over "
+                  f"{ex['texts']} texts and one fine-tuning epoch over {tr['sequences']} sequences (load "
+                  f"{ex['load']} / {tr['load']}).", "", "| ops | extraction | training |", "| --- | --- | --- |"]
+        for g in dict.fromkeys([*ex["groups"], *tr["groups"]]):
+            cells = [f"{100 * r['groups'][g]['share']:.0f}%" if g in r["groups"] else "-" for r in (ex, tr)]
+            lines.append(f"| {g} | {' | '.join(cells)} |")
+        rate = lambda r, k: f"{r[k]:.0f}" if k in r else "-"  # noqa: E731
+        lines += [f"| GFLOP/s of the linear layers | {rate(ex, 'linear_gflops')} | {rate(tr, 'linear_gflops')} |",
+                  f"| GFLOP/s of attention | {rate(ex, 'attention_gflops')} | {rate(tr, 'attention_gflops')} |"]
     if "e" in p:
         e = p["e"]
         lines += ["", f"Knobs on the extraction path ({e['texts']} texts):", "",
@@ -638,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--knob-n", type=int, default=128, help="texts for the knob measurements (part e)")
     ap.add_argument("--parts", default="abcd", help="which parts to run, e.g. ab; add e for the knobs")
     ap.add_argument("--knobs", action="store_true", help="also run part e")
+    ap.add_argument("--profile", action="store_true", help="also run part p: where the time of ours goes, by kind of op")
     ap.add_argument("--no-cache-sweep", action="store_true", help="part c: also time the sweep without the cache")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per path; the median is reported")
     ap.add_argument("--st-batch-sizes", default="8,16,32,64", help="sentence-transformers bf16 batch sizes (part a)")
@@ -647,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
-    parts = args.parts + ("e" if args.knobs and "e" not in args.parts else "")
+    parts = args.parts + "".join(k for k, on in (("e", args.knobs), ("p", args.profile)) if on and k not in args.parts)
     started = datetime.datetime.now()
     # named by the start (to the minute) and the parts; checked now, not after the benchmark's minutes
     stem = result_stem(Path(args.out), f"speed-{started:%Y-%m-%dT%H%M}" + ("" if parts == "abcd" else f"-{parts}"))
@@ -696,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
         res["meta"]["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    for key, fn in (("a", part_a), ("b", part_b), ("c", part_c), ("d", part_d), ("e", part_e)):
+    for key, fn in (("a", part_a), ("b", part_b), ("c", part_c), ("d", part_d), ("e", part_e), ("p", part_p)):
         if key in parts:
             print(f"part {key} …", flush=True)
             res["parts"][key] = fn(ctx)

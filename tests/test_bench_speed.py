@@ -69,3 +69,38 @@ def test_expert_parts_tiny_run(tmp_path):
     assert q["train"] == q["test"] == 16 and 0 <= q["trainer_acc"] <= 1 and 0 <= q["mcnemar_p"] <= 1
     md = js.with_suffix(".md").read_text()
     assert "of bf16 peak" in md and "vs the expert's best" in md and "accuracy parity" in md
+
+
+def test_flops_terms_add_up_and_ops_are_grouped():
+    cfg = SimpleNamespace(hidden_size=4, intermediate_size=8, num_hidden_layers=2)
+    linear, attention = bench_speed.flops(cfg, [3], term="linear"), bench_speed.flops(cfg, [3], term="attention")
+    assert (linear, attention) == (2 * 2 * 3 * (4 * 16 + 2 * 4 * 8), 2 * 4 * 9 * 4)
+    assert linear + attention == bench_speed.flops(cfg, [3])
+    assert bench_speed.flops(cfg, [3], training=True, term="attention") == 3 * attention
+    groups = {name: bench_speed.op_group(name) for name in (
+        "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+        "aten::addmm", "aten::mm", "aten::bernoulli_", "aten::native_layer_norm", "aten::gelu_backward",
+        "aten::_fused_adamw_", "aten::_to_copy", "aten::add_", "aten::embedding")}
+    assert groups == {
+        "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+        "aten::_scaled_dot_product_flash_attention_for_cpu_backward": "attention",
+        "aten::addmm": "linear layers", "aten::mm": "linear layers", "aten::bernoulli_": "dropout masks",
+        "aten::native_layer_norm": "layer norm", "aten::gelu_backward": "GELU", "aten::_fused_adamw_": "optimizer",
+        "aten::_to_copy": "casts and copies", "aten::add_": "elementwise (add, mul, …)", "aten::embedding": "other"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (IMDB / "train.parquet").exists(), reason="IMDb parquet not in ../shared")
+def test_profile_part_tiny_run(tmp_path):
+    """--profile alone: one profiled extraction pass and one fine-tuning epoch; the shares add up to 1, the
+    linear layers and attention have rates, and the report has the table."""
+    rc = bench_speed.main(["--data", str(IMDB), "--n", "8", "--ft-n", "8", "--max-length", "32", "--parts", "",
+                           "--profile", "--out", str(tmp_path)])
+    assert rc == 0
+    (js,) = tmp_path.glob("speed-*-p.json")
+    p = json.loads(js.read_text())["parts"]["p"]
+    for r in (p["extraction"], p["training"]):
+        assert sum(g["share"] for g in r["groups"].values()) == pytest.approx(1.0)
+        assert {"attention", "linear layers"} <= set(r["groups"]) and r["linear_gflops"] > 0 and r["attention_gflops"] > 0
+    assert "optimizer" in p["training"]["groups"] and "optimizer" not in p["extraction"]["groups"]
+    assert "GFLOP/s of the linear layers" in js.with_suffix(".md").read_text()
