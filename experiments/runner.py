@@ -5,7 +5,6 @@ asks which kind of strategy it is running."""
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import random
@@ -34,7 +33,7 @@ from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError, UserError
 from .identity import config_hash, run_params
 from .metrics import Evaluation, confusion_figure, evaluate
-from .resources import Measure
+from .resources import Measure, release_memory
 from .schema import check_arguments, validate
 
 log = logging.getLogger("transfer_bench")
@@ -182,9 +181,7 @@ def run(cfg: DictConfig) -> float | None:
         return None
     finally:
         ddp.teardown()
-        gc.collect()  # a sweep runs its jobs in one process: free each job's model before the next
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_memory()  # a sweep runs its jobs in one process: free each job's model before the next
 
 
 def _run(cfg: DictConfig) -> float | None:
