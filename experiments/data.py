@@ -6,7 +6,8 @@
   used for the final evaluation.
 - `data.train_size`/`val_size`/`test_size` take stratified, seeded subsets for quick runs. The split seed
   (`data.split_seed`) is separate from the training seed, so every strategy and every training seed is
-  scored on exactly the same examples — which is what paired comparisons need.
+  scored on exactly the same examples — which is what paired comparisons need. `data.test_seed` (default:
+  the split seed) fixes the test examples alone, so split seeds vary only which examples are labelled.
 """
 
 from __future__ import annotations
@@ -311,6 +312,9 @@ def load_dataset(cfg: Mapping) -> Dataset:
     """The configured dataset, cleaned, label-encoded and split (see the module docstring)."""
     cfg = dict(cfg)
     seed, notes = int(cfg.get("split_seed", 0)), {}
+    # the test examples have a seed of their own when asked: fixed, split_seed then draws other training
+    # subsets (which examples one happens to label) scored on the same test examples
+    test_seed = seed if cfg.get("test_seed") is None else int(cfg["test_seed"])
     max_drop = float(cfg.get("max_dropped_fraction", 0.1))
     train_df, test_df, sources = read_splits(cfg)
     train_texts, train_raw = _clean(*_columns(train_df, cfg, "train"), "train", notes, max_drop)
@@ -324,7 +328,7 @@ def load_dataset(cfg: Mapping) -> Dataset:
 
     if test_df is None:  # no test split shipped: hold one out of train, once, before anything else
         n_test = _count(cfg.get("test_fraction", 0.2), len(train_texts), "test_fraction")
-        rest, held = split_off(np.arange(len(train_texts)), y_train, n_test, seed, "test_fraction")
+        rest, held = split_off(np.arange(len(train_texts)), y_train, n_test, test_seed, "test_fraction")
         test_texts, y_test = [train_texts[i] for i in held], y_train[held]
         train_texts, y_train = [train_texts[i] for i in rest], y_train[rest]
         sources["test"] = sources["train"] + f" (held out: {len(held)})"
@@ -340,7 +344,8 @@ def load_dataset(cfg: Mapping) -> Dataset:
     train_idx, val_idx = split_off(all_idx, y_train, n_val, seed, "val_size")
     train_idx = stratified_subset(train_idx, y_train, n_train_cap, seed, "train_size")
     test_idx = stratified_subset(
-        np.arange(len(test_texts)), y_test, _count(cfg.get("test_size"), len(test_texts), "test_size"), seed, "test_size"
+        np.arange(len(test_texts)), y_test, _count(cfg.get("test_size"), len(test_texts), "test_size"), test_seed,
+        "test_size",
     )
 
     def take(texts, labels, idx) -> Split:

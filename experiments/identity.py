@@ -27,7 +27,7 @@ NOT_CONFIG = {"seed", "log_model", "save_predictions", *BOOKKEEPING}
 # was ("off"): a config that leaves them there is the configuration it was before they existed, so it keeps
 # its hash (skip_finished still finds earlier runs) and logs no param for them (the report pairs the runs).
 NEUTRAL = {"strategy.train_only": None, "strategy.layer_lr_decay": None, "strategy.gradual_unfreeze": False,
-           "strategy.attention_dropout": None}
+           "strategy.attention_dropout": None, "data.test_seed": None}
 
 
 def _drop(resolved: dict, key: str, only_if=None, always: bool = True) -> None:

@@ -76,6 +76,7 @@ class DataConfig:
     test_size: Any = None
     test_fraction: Any = 0.2
     split_seed: int = 0
+    test_seed: int | None = None
     max_dropped_fraction: float = 0.1
     min_class_count: int = 5
 

@@ -364,3 +364,17 @@ def test_relative_paths_resolve_from_the_launch_directory(tmp_path, monkeypatch)
     assert str(e.value).startswith(f"data file {launch / 'trian.jsonl'} does not exist")
     ds = load_dataset(data_cfg("data=demo"))  # data/demo is not here: the project's copy
     assert ds.sources["train"] == str(REPO / "data" / "demo" / "train.jsonl")
+
+
+def test_test_seed_fixes_the_test_examples_alone(tmp_path):
+    """split_seed with a fixed test_seed: other training subsets (and validation), the same test examples —
+    both for a test_size subset and for a test split held out of train."""
+    unique_dataset(tmp_path)
+    a = load_dataset(unique_cfg(tmp_path, "data.split_seed=0", "data.test_size=30", "data.train_size=60"))
+    b = load_dataset(unique_cfg(tmp_path, "data.split_seed=1", "data.test_size=30", "data.train_size=60", "data.test_seed=0"))
+    c = load_dataset(unique_cfg(tmp_path, "data.split_seed=1", "data.test_size=30", "data.train_size=60"))
+    assert a.test.texts == b.test.texts and set(a.train.texts) != set(b.train.texts)
+    assert set(c.test.texts) != set(a.test.texts)  # null: the split seed draws the test subset too
+    held = [load_dataset(data_cfg("data=files", f"data.train_file={tmp_path}/train.jsonl", *o))
+            for o in (["data.split_seed=0"], ["data.split_seed=2", "data.test_seed=0"])]
+    assert held[0].test.texts == held[1].test.texts and set(held[0].train.texts) != set(held[1].train.texts)
