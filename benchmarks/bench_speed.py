@@ -38,6 +38,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import sys
 import tempfile
@@ -542,7 +543,8 @@ def micro_batches(ctx, batch: int = 16) -> dict:
 # Where the time goes: profiler ops by kind (the first group whose substring is in the op's name wins). SDPA's
 # fused CPU kernel and its backward carry "flash_attention"; math attention falls back to bmm and softmax.
 OP_GROUPS = (
-    ("attention", ("scaled_dot_product", "flash_attention", "efficient_attention", "softmax", "bmm")),
+    ("attention", ("scaled_dot_product", "flash_attention", "efficient_attention", "aten::_softmax", "aten::softmax",
+                   "aten::bmm", "aten::baddbmm")),  # not the loss's log_softmax
     ("linear layers", ("addmm", "aten::mm", "aten::matmul", "aten::linear")),
     ("dropout masks", ("bernoulli", "dropout")),
     ("layer norm", ("layer_norm",)),
@@ -558,9 +560,9 @@ def op_group(name: str) -> str:
 
 
 def profiled(fn, config, lengths, training: bool) -> dict:
-    """fn() once under torch.profiler: each op group's share of the self CPU time, and the GFLOP/s of the
-    linear layers and of attention (useful FLOPs of flops()'s two terms over the group's time). The profiler
-    adds overhead, so read the shares and the per-kernel rates, not the wall time."""
+    """fn() once under torch.profiler: each op group's share of the ops' self CPU time (tokenising and Python
+    between ops are outside it), and the GFLOP/s of the linear layers and of attention (useful FLOPs of
+    flops()'s two terms over the group's time). The profiler adds overhead: read the shares and the rates."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof, Timer() as t:
@@ -588,7 +590,7 @@ def part_p(ctx) -> dict:
         return extract_features(frozen, tok, ts, max_length=L, pooling="mean", batch_size=ctx["batch_size"],
                                 device=ctx["device"], precision=ctx["precision"])
 
-    extract(texts[:4])  # warm-up
+    extract(texts)  # warm-up: oneDNN builds a kernel per (batch, length) shape on first sight
     out = {"extraction": profiled(lambda: extract(texts), config, ctx["lengths"], training=False) | {"texts": len(texts)}}
     n = ctx["ft_n"]
     train = Split(texts[:n], ctx["train"].labels[:n])
@@ -617,9 +619,9 @@ def markdown(res: dict) -> str:
     if "matmul_peak" in m:
         pk = m["matmul_peak"]
         lines += ["", f"Matmul peak measured in this run (best median over square sizes): bf16 "
-                  f"{pk['bf16']['gflops']:.0f} GFLOP/s, fp32 {pk['fp32']['gflops']:.0f} GFLOP/s. Every timing is "
-                  f"the median of {m['repeats']} runs. GFLOP/s count useful work only (`flops()` in the script: "
-                  "no padding, 3x the forward for training)."]
+                  f"{pk['bf16']['gflops']:.0f} GFLOP/s, fp32 {pk['fp32']['gflops']:.0f} GFLOP/s. Every timing of parts "
+                  f"a-d is the median of {m['repeats']} runs. GFLOP/s count useful work only (`flops()` in the "
+                  "script: no padding, 3x the forward for training)."]
     p = res["parts"]
     if set(p) & set(GOALS):
         lines += ["", "| part | naive | transfer-bench | ratio | goal | accuracy (naive / ours) | load |",
@@ -682,7 +684,8 @@ def markdown(res: dict) -> str:
     if "p" in p:
         x = p["p"]
         ex, tr = x["extraction"], x["training"]
-        lines += ["", f"Profile of ours (`--profile`): share of the self CPU time by kind of op, one extraction pass over "
+        lines += ["", f"Profile of ours (`--profile`, one profiled pass each after a warm-up): share of the ops' self CPU "
+                  f"time by kind of op (tokenising and Python between ops are outside it), one extraction pass over "
                   f"{ex['texts']} texts and one fine-tuning epoch over {tr['sequences']} sequences (load "
                   f"{ex['load']} / {tr['load']}).", "", "| ops | extraction | training |", "| --- | --- | --- |"]
         for g in dict.fromkeys([*ex["groups"], *tr["groups"]]):
@@ -760,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx["peak"] = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
     res = {
         "meta": {
-            "date": started.date().isoformat(), "started": started.isoformat(timespec="seconds"), "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+            "date": started.date().isoformat(), "started": started.isoformat(timespec="seconds"), "command": "python " + shlex.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": __import__("transformers").__version__,
             "precision": ctx["precision"], "max_length": args.max_length, "model": spec.name,

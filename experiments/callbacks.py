@@ -234,7 +234,10 @@ class SweepSummary(Callback):
         from .compare import build_report
 
         try:
-            report = build_report(config.experiment_name, config.tracking_uri, sweep_dir / "report", parent_run_id=parent)
+            group_by = config.get("report_group_by")
+            group_by = [k.strip() for k in str(group_by).split(",") if k.strip()] if group_by else None
+            report = build_report(config.experiment_name, config.tracking_uri, sweep_dir / "report", parent_run_id=parent,
+                                  group_by=group_by)
             print(report.markdown)
             print(f"comparison report: {report.out_dir}/comparison.md (also under report/ in the parent MLflow "
                   f"run {parent})")

@@ -7,7 +7,8 @@
 - `data.train_size`/`val_size`/`test_size` take stratified, seeded subsets for quick runs. The split seed
   (`data.split_seed`) is separate from the training seed, so every strategy and every training seed is
   scored on exactly the same examples — which is what paired comparisons need. `data.test_seed` (default:
-  the split seed) fixes the test examples alone, so split seeds vary only which examples are labelled.
+  the split seed) sets the test examples alone: with it fixed, split seeds vary only the training subset and
+  the validation cut, scored on the same test examples.
 """
 
 from __future__ import annotations

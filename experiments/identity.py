@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 # way), whether progress is shown, and the rare-label guard (a run it lets through is the same run).
 # Two runs that differ only in these are the same configuration (config_hash, and the report).
 BOOKKEEPING = (
-    "tracking_uri", "experiment_name", "skip_finished", "sweep_report", "resume", "checkpoint_every",
+    "tracking_uri", "experiment_name", "skip_finished", "sweep_report", "resume", "checkpoint_every", "report_group_by",
     "checkpoint_dir", "cache", "cache_dir", "strategy.cache", "strategy.cache_dir", "progress",
     "strategy.progress", "data.min_class_count",
     "epochs",  # +epochs=N (mixed sweeps): its effect is in strategy.epochs, which stays in the identity
@@ -42,6 +42,9 @@ def _drop(resolved: dict, key: str, only_if=None, always: bool = True) -> None:
 def _without_neutral(resolved: dict) -> dict:
     for key, value in NEUTRAL.items():
         _drop(resolved, key, only_if=value, always=False)
+    data = resolved.get("data") or {}
+    if "test_seed" in data and data["test_seed"] == data.get("split_seed"):  # the same examples as null
+        data.pop("test_seed")
     return resolved
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import threading
 import time
@@ -48,16 +47,18 @@ class Measure:
         self.peak_rss_mb = max(self.peak_rss_mb, psutil.Process().memory_info().rss / 2**20)
 
 
+try:  # glibc's, in this process; absent on macOS and musl (and a preloaded jemalloc/tcmalloc ignores it)
+    _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):
+    _MALLOC_TRIM = None
+
+
 def release_memory() -> bool:
     """Free what the last job left: Python garbage, CUDA's cached blocks, and the C heap's free pages (glibc
     keeps them, so a sweep's process RSS grew by hundreds of MB a job and each job's peak RSS counted the
     previous jobs' garbage; malloc_trim(0) gives them back, measured 0.4-0.6 GB after a MiniLM fine-tuning
-    job). Returns whether the heap was trimmed (False off glibc)."""
+    job). Returns whether memory went back to the system (malloc_trim's 1; False without glibc)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    name = ctypes.util.find_library("c")
-    try:
-        return bool(name) and bool(ctypes.CDLL(name).malloc_trim(0) >= 0)
-    except (OSError, AttributeError):  # no glibc (macOS, musl): nothing to trim
-        return False
+    return _MALLOC_TRIM is not None and _MALLOC_TRIM(0) == 1

@@ -83,6 +83,10 @@ class DataConfig:
     def __post_init__(self):
         for key in SIZES:
             check_size(key, getattr(self, key))
+        for key in ("split_seed", "test_seed"):
+            value = getattr(self, key)
+            if value is not None and not 0 <= value < 2**32:
+                raise ConfigError(f"data.{key}={value}: must be in [0, 2**32) (a numpy seed)" + (" or null" if key == "test_seed" else ""))
         if not 0 <= self.max_dropped_fraction <= 1:
             raise ConfigError(f"data.max_dropped_fraction={self.max_dropped_fraction}: must be in [0, 1]")
         if self.min_class_count < 1:
@@ -111,6 +115,7 @@ class RunConfig:
     log_model: bool = True
     skip_finished: bool = True
     sweep_report: bool = True
+    report_group_by: str | None = None
     resume: bool = False
     checkpoint_every: int = 200
     checkpoint_dir: str = "checkpoints"

@@ -378,3 +378,18 @@ def test_test_seed_fixes_the_test_examples_alone(tmp_path):
     held = [load_dataset(data_cfg("data=files", f"data.train_file={tmp_path}/train.jsonl", *o))
             for o in (["data.split_seed=0"], ["data.split_seed=2", "data.test_seed=0"])]
     assert held[0].test.texts == held[1].test.texts and set(held[0].train.texts) != set(held[1].train.texts)
+
+
+def test_test_seed_alone_moves_only_the_test_examples(tmp_path):
+    unique_dataset(tmp_path)
+    a = load_dataset(unique_cfg(tmp_path, "data.test_size=30", "data.train_size=60"))
+    b = load_dataset(unique_cfg(tmp_path, "data.test_size=30", "data.train_size=60", "data.test_seed=5"))
+    assert a.train.texts == b.train.texts and a.val.texts == b.val.texts and set(a.test.texts) != set(b.test.texts)
+
+
+@pytest.mark.parametrize("override", ["data.split_seed=-1", "data.test_seed=-3", "data.test_seed=4294967296"])
+def test_seeds_out_of_range_are_one_line_errors(override):
+    from experiments.schema import validate
+
+    with pytest.raises(ConfigError, match=r"must be in \[0, 2\*\*32\)"):
+        validate(compose([override]))

@@ -48,3 +48,29 @@ def test_few_shot_selects_nothing_on_validation():
         s = compose(["experiment=few_shot", f"strategy={name}"]).strategy
         assert not s.get("keep_best", False) and s.get("early_stopping_patience") is None, name
     assert compose(["strategy=freeze"]).strategy.keep_best  # elsewhere freeze keeps its best epoch
+
+
+def test_few_shot_subsets_sweep_composes():
+    """The subset draws: few_shot's data and test reviews, one training seed, five split seeds, the report
+    grouped over the draws."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=few_shot_subsets"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert (params.seed, params["data.split_seed"], params["data.train_size"]) == ("0", "0,1,2,3,4", "16,32,64,128,512")
+    assert set(params.strategy.split(",")) == {"baseline", "embed", "freeze"}
+    assert (cfg.data.name, cfg.data.val_size, cfg.data.test_size, cfg.data.test_seed) == ("imdb", 200, 2000, 0)
+    assert (cfg.experiment_name, cfg.report_group_by) == ("few_shot_subsets", "strategy,data.train_size")
+
+
+@pytest.mark.skipif(not IMDB.is_dir(), reason="no local IMDb copy")
+def test_few_shot_subsets_share_few_shots_test_reviews():
+    from conftest import compose
+
+    from experiments.data import load_dataset
+
+    base = load_dataset(compose(["experiment=few_shot", f"data.path={IMDB}", "data.train_size=16"]).data)
+    draw = load_dataset(compose(["experiment=few_shot_subsets", f"data.path={IMDB}", "data.train_size=16",
+                                 "data.split_seed=3"]).data)
+    assert draw.test.texts == base.test.texts and set(draw.train.texts) != set(base.train.texts)

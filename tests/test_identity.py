@@ -36,3 +36,13 @@ def test_an_option_left_off_is_not_part_of_the_identity_but_one_set_is():
     assert config_hash(decayed) != config_hash(plain)
     assert run_params(decayed)["strategy.layer_lr_decay"] == "0.8"
     assert config_hash(compose(["strategy=finetune", "strategy.gradual_unfreeze=true"])) != config_hash(plain)
+
+
+def test_a_test_seed_equal_to_the_split_seed_is_the_same_data_as_none():
+    plain = compose(["strategy=embed"])
+    same = compose(["strategy=embed", "data.test_seed=0"])
+    assert config_hash(same) == config_hash(plain) and "data.test_seed" not in run_params(same)
+    other = compose(["strategy=embed", "data.test_seed=0", "data.split_seed=1"])
+    assert config_hash(other) != config_hash(compose(["strategy=embed", "data.split_seed=1"]))
+    assert run_params(other)["data.test_seed"] == "0"
+    assert config_hash(compose(["strategy=embed", "report_group_by=strategy"])) == config_hash(plain)  # bookkeeping

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 from conftest import REPO, RUN_PY, subprocess_env
 
@@ -41,9 +42,14 @@ def test_sweep_is_one_parent_with_a_child_per_job_and_relaunch_skips_finished(tm
     assert len(again) == 5  # no new child, and the earlier parent was reused
     assert [r.info.run_id for r in again if r.data.tags.get("sweep") == "parent"] == [parents[0].info.run_id]
 
-    logs = _sweep(tmp_path, mlflow_store, "sweeps", "skip_finished=false")  # explicitly rerun everything
+    # explicitly rerun everything, with the report's groups set: one per strategy, the classifiers pooled
+    logs = _sweep(tmp_path, mlflow_store, "sweeps", "skip_finished=false", "report_group_by=strategy")
     assert "skipping: run" not in logs
-    assert len(mlflow_store.runs("sweeps")) == 10  # another command line: its own parent + 4 children
+    runs = mlflow_store.runs("sweeps")
+    assert len(runs) == 10  # another command line: its own parent + 4 children
+    (parent,) = [r for r in runs if r.data.tags.get("sweep") == "parent" and r.info.run_id != parents[0].info.run_id]
+    table = mlflow_store.client().download_artifacts(parent.info.run_id, "report/comparison.csv", str(tmp_path))
+    assert pd.read_csv(table)["group"].tolist() == ["baseline"]
 
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
