@@ -417,6 +417,29 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells.itertuples(index=False)])
 
 
+def grid(table: pd.DataFrame, pairs: pd.DataFrame, axis: str, series: list[str]) -> str:
+    """Test accuracy (%) along a sweep axis: a row per series (e.g. strategy), a column per axis value. In
+    each column the most accurate group is bold; ≈ marks a group McNemar cannot tell from it (Holm p ≥ ALPHA),
+    ? one not tested against it (other data); unmarked ones are significantly less accurate."""
+    verdict = {frozenset((a, b)): bool(s) for a, b, s in zip(pairs["a"], pairs["b"], pairs["significant"], strict=True)}
+    values = sorted(table[axis].unique(), key=_natural)
+    name = lambda r: " · ".join(str(r[k]) for k in series) or "all"  # noqa: E731
+    rows: dict[str, dict] = {}
+    for v in values:
+        column = table[table[axis] == v]
+        best = column.loc[column["acc_mean"].idxmax(), "group"]
+        for _, r in column.iterrows():
+            m, s = 100 * r["acc_mean"], 100 * r["acc_std"]
+            cell = f"{m:.1f}" if math.isnan(s) else f"{m:.1f} ± {s:.1f}"
+            mark = verdict.get(frozenset((best, r["group"])))
+            cell = f"**{cell}**" if r["group"] == best else cell + {None: " ?", False: " ≈", True: ""}[mark]
+            rows.setdefault(name(r), {})[v] = cell
+    short = axis.rsplit(".", 1)[-1]
+    head = pd.DataFrame([{" / ".join(series) or "group": k, **{f"{short}={v}": row.get(v, "—") for v in values}}
+                         for k, row in rows.items()])
+    return markdown_table(head)
+
+
 def render(report: Report, experiment: str, parent_run_id: str | None, images: list[Path]) -> str:
     t = report.table
     shown = pd.DataFrame({k: t[k] for k in report.group_by})
@@ -441,7 +464,16 @@ def render(report: Report, experiment: str, parent_run_id: str | None, images: l
                 "uncached estimate: its train time and throughput leave out encoding (other groups count runs "
                 "that encoded, and cache hits at their estimated uncached cost).", ""]
                if t["timing_cached"].any() else []),
-             "## Significance", "", SIGNIFICANCE_METHOD, ""]
+             ]
+    axes = [k for k in report.group_by if k not in TAGS and t[k].nunique() > 1]
+    if len(axes) == 1:  # one sweep axis (train size, layers): the table as a grid, with the tests' verdicts
+        axis = axes[0]
+        parts += [f"## Along {axis}", "",
+                  f"Test accuracy (%), mean ± std over each group's runs. Bold: the most accurate group at each "
+                  f"{axis}; ≈: McNemar does not tell it from that one (Holm p ≥ {ALPHA}); ?: not tested against "
+                  "it (other data); unmarked: significantly less accurate.", "",
+                  grid(t, report.pairs, axis, [k for k in report.group_by if k != axis]), ""]
+    parts += ["## Significance", "", SIGNIFICANCE_METHOD, ""]
     p = report.pairs
     if len(p):
         pt = pd.DataFrame({"A": p["a"], "B": p["b"], "examples": p["n"],

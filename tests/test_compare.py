@@ -262,3 +262,23 @@ def test_pareto_plot_has_a_title_separate_labels_and_an_honest_axis(tmp_path, mo
     compare.plot_pareto(table.assign(runs=[3, 3, 1], acc_std=[0.01, 0.02, float("nan")]), "trainable_params",
                         "pareto_params", "x", tmp_path / "seeds.png")
     assert axes[-1].get_ylabel() == "test accuracy (mean ± std over seeds)"
+
+
+def test_grid_along_the_axis_marks_what_mcnemar_separates(store, tmp_path):
+    """At size 100 embed is wrong on 10 more of 20 examples (exact p = 0.002): significant, unmarked. At 200
+    the two differ by one example: ≈. A group on other data than the column's best: ?."""
+    exp = experiment(store, "grid")
+    wrong = {(100, "baseline"): (), (100, "embed"): range(10), (200, "baseline"): (0,), (200, "embed"): ()}
+    for (size, strategy), w in wrong.items():
+        for seed in (0, 1):
+            log_run(store, exp, strategy, seed, 1 - len(w) / N, fingerprint=f"fp{size}", data_train_size=size,
+                    params={"data.train_size": size}, preds=predictions(wrong=w))
+    log_run(store, exp, "lora", 0, 0.5, fingerprint="other", data_train_size=200, params={"data.train_size": 200},
+            preds=predictions(wrong=range(10)))
+    report = compare.build_report("grid", store[1], tmp_path / "grid")
+    md = report.markdown
+    assert "## Along data.train_size" in md
+    assert "| strategy | train_size=100 | train_size=200 |" in md
+    assert "| baseline | **100.0 ± 0.0** | 95.0 ± 0.0 ≈ |" in md
+    assert "| embed | 50.0 ± 0.0 | **100.0 ± 0.0** |" in md
+    assert "| lora | — | 50.0 ? |" in md
