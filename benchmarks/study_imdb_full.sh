@@ -42,7 +42,9 @@ step "5. fine-tuning family on the learning curve up to 3,000 labels"
 $PY -m experiment=learning_curve strategy=lora,finetune data.train_size=100,300,1000 seed=0
 $PY -m experiment=learning_curve strategy=lora,finetune data.train_size=100,300,1000 seed=1,2
 $PY -m experiment=learning_curve strategy=lora,finetune data.train_size=3000 seed=0
-step "6. fine-tuning family at full size (hours each on a CPU)"
-$PY -m experiment=imdb_full strategy=finetune,lora,partial seed=0 resume=true
+step "6. fine-tuning family at full size (hours each on a CPU), the headline rows first"
+$PY -m experiment=imdb_full strategy=finetune,lora seed=0 resume=true
 $PY -m experiment=learning_curve strategy=lora,finetune data.train_size=10000 seed=0 resume=true
+step "7. the other transfer strategies at full size (issues 12, 13): one seed each"
+$PY -m experiment=imdb_full strategy=setfit,partial,ulmfit,bitfit,ia3,prompt,tapt,tapt_lora seed=0 resume=true
 step "done"

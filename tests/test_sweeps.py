@@ -60,6 +60,8 @@ def _job_values(override) -> list[str]:
     interval() (the Optuna search presets)."""
     if override.is_interval_sweep():
         return [str(override.value().start), str(override.value().end)]
+    if not override.is_sweep_override():  # one value for every job (few_shot_subsets' seed: 0)
+        return [override.get_value_element_as_str()]
     return list(override.sweep_string_iterator())
 
 
