@@ -380,6 +380,10 @@ def plot_lines(table: pd.DataFrame, axis: str, x: str, series: list[str], xlabel
     ax.set(xlabel=xlabel, ylabel=accuracy_label(table))
     if log:
         ax.set_xscale("log")
+        sizes = sorted(table[x].dropna().unique())
+        if len(sizes) <= 12:  # the measured sizes as ticks, not log decades with crowded minor labels
+            ax.set_xticks(sizes, [f"{v:,.0f}" for v in sizes])
+            ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
