@@ -324,9 +324,9 @@ def _figure():
 
 
 def accuracy_label(table: pd.DataFrame) -> str:
-    """The y-axis: mean ± std only where some group has several runs (seeds) to average."""
+    """The y-axis: mean ± std only where some group has several runs to average (over what: table.attrs)."""
     several = "runs" in table and (table["runs"] > 1).any()
-    return "test accuracy (mean ± std over seeds)" if several else "test accuracy"
+    return f"test accuracy (mean ± std over {table.attrs.get('over', 'seeds')})" if several else "test accuracy"
 
 
 def label_offsets(x: pd.Series, y: pd.Series, step: int = 10) -> list[tuple[int, int]]:
@@ -461,7 +461,7 @@ def render(report: Report, experiment: str, parent_run_id: str | None, images: l
     scope = f"experiment `{experiment}`" + (f", children of run `{parent_run_id}`" if parent_run_id else "")
     parts = [f"# Comparison: {scope}", "",
              f"{int(t['runs'].sum())} finished runs, grouped by {', '.join(report.group_by)}. "
-             "Accuracy and macro-F1 on the test set: mean ± sample std over runs (seeds); train time and "
+             f"Accuracy and macro-F1 on the test set: mean ± sample std over runs ({t.attrs.get('over', 'seeds')}); train time and "
              "inference throughput: mean. Pareto: no other group is more accurate for fewer trainable "
              "parameters (params) or less train time (time).", "", markdown_table(shown), "",
              *(["\\* every run of this group read its encoder features from the feature cache and logged no "
@@ -507,8 +507,11 @@ def build_report(experiment: str, tracking_uri: str = "sqlite:///mlflow.db",
     client = MlflowClient(tracking_uri=tracking_uri)
     runs = fetch_runs(client, experiment, parent_run_id)
     runs, repeats = deduplicate(runs)
+    # a group-by that leaves out a varying param (few_shot_subsets' data.split_seed) pools it with the seeds
+    pooled = [k for k in default_group_by(runs) if group_by and k not in group_by]
     group_by = list(group_by) if group_by else default_group_by(runs)
     table = build_table(runs, group_by)
+    table.attrs["over"] = " and ".join(["seeds", *pooled])  # what the ± spans, for the plots and the text
     pairs, notes = significance(client, runs, table, group_by)
     if repeats:
         notes.insert(0, f"{repeats} repeated run(s) of an identical config and seed ignored (newest kept)")

@@ -174,6 +174,9 @@ def test_sweep_axes_become_groups_and_plots(store, tmp_path):
 
     explicit = compare.build_report("layer-probe", store[1], tmp_path / "pooled", group_by=["strategy"])
     assert explicit.table["runs"].tolist() == [6]
+    # the pooled axis is named wherever the ± is explained
+    assert "mean ± sample std over runs (seeds and strategy.layers)" in explicit.markdown
+    assert "over runs (seeds);" in report.markdown
 
     top = experiment(store, "top-level-axis")  # a top-level param as an axis reads name=value, not a bare value
     for precision in ("fp32", "bf16"):
