@@ -185,6 +185,14 @@ def sentence_transformer(ctx, dtype: torch.dtype):
     return st.to(dtype).eval()
 
 
+def ours_extractor(ctx):
+    """texts -> features on our path: the encoder as embed/freeze hold it (under bf16: weights cast once, see
+    EncoderStrategy.encoder) through extract_features at the framework's batch size and precision."""
+    frozen = build_strategy(compose(ctx["overrides"] + ["strategy=embed"]).strategy, 2).encoder
+    return lambda ts: extract_features(frozen, ctx["tok"], ts, max_length=ctx["max_length"], pooling="mean",
+                                       batch_size=ctx["batch_size"], device=ctx["device"], precision=ctx["precision"])
+
+
 def part_a(ctx) -> dict:
     model, tok, texts, L, R = ctx["model"], ctx["tok"], ctx["train"].texts, ctx["max_length"], ctx["repeats"]
     work = flops(model.config, ctx["lengths"])
@@ -197,10 +205,7 @@ def part_a(ctx) -> dict:
         paths[name] = (feats, timing)
 
     path("naive", lambda ts: naive_features(model, tok, ts, L))
-    # the encoder as embed/freeze hold it (under bf16: weights cast once, see EncoderStrategy.encoder)
-    frozen = build_strategy(compose(ctx["overrides"] + ["strategy=embed"]).strategy, 2).encoder
-    path("ours", lambda ts: extract_features(frozen, tok, ts, max_length=L, pooling="mean", batch_size=ctx["batch_size"],
-                                             device=ctx["device"], precision=ctx["precision"]))
+    path("ours", ours_extractor(ctx))
     for dtype, batches in ((torch.float32, (32,)), (torch.bfloat16, ctx["st_batch_sizes"])):
         st = sentence_transformer(ctx, dtype)
         for b in batches:
@@ -583,13 +588,8 @@ def profiled(fn, config, lengths, training: bool) -> dict:
 def part_p(ctx) -> dict:
     """(--profile) Where the time of ours goes: one extraction pass over the --n texts and one fine-tuning
     epoch over --ft-n sequences, each under the profiler after a warm-up."""
-    tok, L, texts, config = ctx["tok"], ctx["max_length"], ctx["train"].texts, ctx["model"].config
-    frozen = build_strategy(compose(ctx["overrides"] + ["strategy=embed"]).strategy, 2).encoder
-
-    def extract(ts):
-        return extract_features(frozen, tok, ts, max_length=L, pooling="mean", batch_size=ctx["batch_size"],
-                                device=ctx["device"], precision=ctx["precision"])
-
+    texts, config = ctx["train"].texts, ctx["model"].config
+    extract = ours_extractor(ctx)
     extract(texts)  # warm-up: oneDNN builds a kernel per (batch, length) shape on first sight
     out = {"extraction": profiled(lambda: extract(texts), config, ctx["lengths"], training=False) | {"texts": len(texts)}}
     n = ctx["ft_n"]

@@ -231,13 +231,11 @@ class SweepSummary(Callback):
     def _report(config, sweep_dir: Path, parent: str) -> None:
         """The comparison report of this sweep's runs, as files in the sweep folder and parent artifacts.
         A report problem (e.g. every job failed) is logged, never allowed to hide the sweep's own result."""
-        from .compare import build_report
+        from .compare import build_report, parse_group_by
 
         try:
-            group_by = config.get("report_group_by")
-            group_by = [k.strip() for k in str(group_by).split(",") if k.strip()] if group_by else None
             report = build_report(config.experiment_name, config.tracking_uri, sweep_dir / "report", parent_run_id=parent,
-                                  group_by=group_by)
+                                  group_by=parse_group_by(config.get("report_group_by")))
             print(report.markdown)
             print(f"comparison report: {report.out_dir}/comparison.md (also under report/ in the parent MLflow "
                   f"run {parent})")

@@ -135,6 +135,12 @@ def column_of(runs: pd.DataFrame, key: str) -> str:
     raise ReportError(f"--group-by '{key}' is neither a tag nor a param of these runs")
 
 
+def parse_group_by(text: str | None) -> list[str] | None:
+    """'strategy, data.train_size' (--group-by, report_group_by) -> its keys; empty or None -> None (default)."""
+    keys = [k.strip() for k in str(text or "").split(",") if k.strip()]
+    return keys or None
+
+
 def default_group_by(runs: pd.DataFrame) -> list[str]:
     """strategy, + model/dataset when several, + every config param that varies within those groups
     (strategy.layers in a layer probe, data.train_size in a learning curve): runs that differ in anything
@@ -507,9 +513,10 @@ def build_report(experiment: str, tracking_uri: str = "sqlite:///mlflow.db",
     client = MlflowClient(tracking_uri=tracking_uri)
     runs = fetch_runs(client, experiment, parent_run_id)
     runs, repeats = deduplicate(runs)
+    default = default_group_by(runs)
     # a group-by that leaves out a varying param (few_shot_subsets' data.split_seed) pools it with the seeds
-    pooled = [k for k in default_group_by(runs) if group_by and k not in group_by]
-    group_by = list(group_by) if group_by else default_group_by(runs)
+    pooled = [k for k in default if group_by and k not in group_by]
+    group_by = list(group_by) if group_by else default
     table = build_table(runs, group_by)
     table.attrs["over"] = " and ".join(["seeds", *pooled])  # what the ± spans, for the plots and the text
     pairs, notes = significance(client, runs, table, group_by)
@@ -556,9 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group-by", help="comma-separated tags/params, e.g. strategy,model,data.train_size "
                    "(default: strategy, + model/dataset if several, + config params that vary)")
     args = p.parse_args(argv)
-    group_by = [k.strip() for k in args.group_by.split(",") if k.strip()] if args.group_by else None
     try:
-        report = build_report(args.experiment, args.tracking_uri, args.out, args.parent_run_id, group_by)
+        report = build_report(args.experiment, args.tracking_uri, args.out, args.parent_run_id,
+                              parse_group_by(args.group_by))
     except ReportError as e:
         p.exit(2, f"error: {e}\n")
     print(report.markdown)
