@@ -6,7 +6,9 @@
 # Export what has finished at any time (never over an earlier export):
 #   python -m experiments.compare --experiment imdb_full --tracking-uri sqlite:///$STORE/mlflow.db \
 #       --out benchmarks/results/imdb_full-$(date -u +%Y-%m-%dT%H%M)
+# STEPS picks the steps to run, e.g. STEPS="3 4" for the searches and tuned rows only (default: all, in order).
 set -u
+STEPS=" ${STEPS:-1 2 3 4 5 6 7} "
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 STORE=${STORE:-$REPO/../tb-study}  # beside the checkout, so ../shared/datasets/imdb resolves from it too
 mkdir -p "$STORE" && cd "$STORE" || exit 1
@@ -14,18 +16,27 @@ export TRANSFER_BENCH_CACHE=${TRANSFER_BENCH_CACHE:-$STORE/features}
 PY="${PYTHON:-$REPO/.venv/bin/python} $REPO/run.py"
 IMDB="data=imdb data.path=../shared/datasets/imdb data.train_size=null data.test_size=null"
 step() { echo "=== $(date -u +%FT%TZ) $*"; }
+want() { [[ $STEPS == *" $1 "* ]]; }  # is step $1 among STEPS?
 
+if want 1; then
 step "1. learning curve, cheap strategies, seed 0"
 $PY -m experiment=learning_curve strategy=baseline,embed,freeze
+fi
+
+if want 2; then
 step "2. learning curve, cheap strategies, seeds 1,2 up to 1,000 labels"
 $PY -m experiment=learning_curve strategy=baseline,embed,freeze data.train_size=100,300,1000 seed=1,2
+fi
 
+if want 3; then
 step "3. searches on full IMDb (validation macro-F1 only; the encoder features are cached)"
 $PY -m experiment=search_baseline $IMDB hydra.sweeper.n_trials=16 hydra.sweep.dir=sweeps/search_baseline
 $PY -m experiment=search_embed $IMDB 'strategy.layers=[-1]' strategy.pooling=mean hydra.sweeper.n_trials=10 \
     hydra.sweep.dir=sweeps/search_embed
 $PY -m experiment=search_freeze $IMDB hydra.sweeper.n_trials=16 hydra.sweep.dir=sweeps/search_freeze
+fi
 
+if want 4; then
 step "4. tuned cheap strategies on full IMDb, 3 seeds (the searches' best validation parameters)"
 for s in baseline embed freeze; do
   best=$("${PYTHON:-$REPO/.venv/bin/python}" - "$s" <<'PY'
@@ -37,14 +48,24 @@ PY
   step "   $s tuned: $best"
   $PY -m experiment=imdb_full strategy=$s $best seed=0,1,2
 done
+fi
 
+if want 5; then
 step "5. fine-tuning family on the learning curve up to 3,000 labels"
 $PY -m experiment=learning_curve strategy=lora,finetune data.train_size=100,300,1000 seed=0
 $PY -m experiment=learning_curve strategy=lora,finetune data.train_size=100,300,1000 seed=1,2
 $PY -m experiment=learning_curve strategy=lora,finetune data.train_size=3000 seed=0
+fi
+
+if want 6; then
 step "6. fine-tuning family at full size (hours each on a CPU), the headline rows first"
 $PY -m experiment=imdb_full strategy=finetune,lora seed=0 resume=true
 $PY -m experiment=learning_curve strategy=lora,finetune data.train_size=10000 seed=0 resume=true
-step "7. the other transfer strategies at full size (issues 12, 13): one seed each"
+fi
+
+if want 7; then
+step "7. the other transfer strategies at full size (SetFit, partial, ULMFiT, the PEFT presets, TAPT): one seed each"
 $PY -m experiment=imdb_full strategy=setfit,partial,ulmfit,bitfit,ia3,prompt,tapt,tapt_lora seed=0 resume=true
+fi
+
 step "done"
