@@ -99,6 +99,21 @@ def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, tokenizer, proba
     return ids, chosen
 
 
+HEAD_ROWS = 64  # the MLM head's input rows are padded to a multiple of this (see head_logits)
+
+
+def head_logits(head: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """head(rows), with rows padded by zeros to a multiple of HEAD_ROWS and the padding's logits cut off.
+    Why: the number of masked positions changes every micro-batch, and oneDNN keeps a primitive per matmul
+    shape in its cache (up to 1,024); those of the vocabulary-wide decoder are large, so unbucketed shapes grew
+    the process steadily (peak RSS 5.1 GB after 60 MiniLM MLM steps at 256 tokens, against 3.1 GB bucketed). The padding's
+    logits take no part in the loss, so no gradient flows through them."""
+    pad = -rows.shape[0] % HEAD_ROWS
+    if not pad:
+        return head(rows)
+    return head(torch.cat([rows, rows.new_zeros(pad, rows.shape[1])]))[: rows.shape[0]]
+
+
 def train_mlm(
     model: nn.Module, tokenizer, texts: Sequence[str], settings: MlmSettings, *, max_length: int,
     device: torch.device, precision: str, micro_batch_size: int | None, ckpt_dir: Path | None, ckpt_every: int,
@@ -151,7 +166,7 @@ def train_mlm(
                 continue
             with autocast(device, precision):
                 hidden = base(**sdpa_ready(base, part)).last_hidden_state
-                logits = head(hidden[where])
+                logits = head_logits(head, hidden[where])
             target = to_device(batch["input_ids"][s : s + micro], device)[where]
             loss = nn.functional.cross_entropy(logits.float(), target, reduction="sum")
             window += loss.detach() / n_chosen

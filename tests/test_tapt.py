@@ -182,3 +182,23 @@ def test_unlabeled_size_takes_a_fixed_subset(tiny_overrides, tmp_path):
     b = build(tapt_cfg(tiny_overrides, f"strategy.unlabeled_path={path}", "strategy.unlabeled_size=7"), seed=3)
     assert len(a.unlabeled) == 7 and a.unlabeled == b.unlabeled
     assert tapt.read_unlabeled(str(path), "text")[:2] == ["text number 0", "text number 1"]
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 130])
+def test_mlm_head_sees_bucketed_rows_and_returns_each_rows_logits(n):
+    """The head's input is padded to a multiple of HEAD_ROWS (one oneDNN primitive per bucket, not per count of
+    masked positions), and the logits are the unpadded rows' own, gradients included."""
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), torch.nn.LayerNorm(8), torch.nn.Linear(8, 50))
+    seen: list[int] = []
+    head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    rows = torch.randn(n, 8, requires_grad=True)
+    got = mlm.head_logits(head, rows)
+    assert seen == [-(-n // mlm.HEAD_ROWS) * mlm.HEAD_ROWS] and got.shape == (n, 50)
+    wrt = [rows, *head.parameters()]
+    g_got = torch.autograd.grad(got.square().sum(), wrt)
+    want = head(rows)
+    g_want = torch.autograd.grad(want.square().sum(), wrt)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b)
