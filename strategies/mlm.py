@@ -104,10 +104,11 @@ HEAD_ROWS = 64  # the MLM head's input rows are padded to a multiple of this (se
 
 def head_logits(head: nn.Module, rows: torch.Tensor) -> torch.Tensor:
     """head(rows), with rows padded by zeros to a multiple of HEAD_ROWS and the padding's logits cut off.
-    Why: the number of masked positions changes every micro-batch, and oneDNN keeps a primitive per matmul
-    shape in its cache (up to 1,024); those of the vocabulary-wide decoder are large, so unbucketed shapes grew
-    the process steadily (peak RSS 5.1 GB after 60 MiniLM MLM steps at 256 tokens, against 3.1 GB bucketed). The padding's
-    logits take no part in the loss, so no gradient flows through them."""
+    Why: the number of masked positions changes every micro-batch, and oneDNN (CPU) keeps a primitive per
+    matmul shape in its cache (up to 1,024); those of the vocabulary-wide decoder are large, so unbucketed
+    shapes grew the process steadily (peak RSS 5.1 GB after 60 MiniLM MLM steps at 256 tokens, against 3.1 GB
+    bucketed). The padding costs at most 63 rows of head work (about 3% of a CPU step's FLOPs at 256 tokens);
+    its logits take no part in the loss, so no gradient flows through them."""
     pad = -rows.shape[0] % HEAD_ROWS
     if not pad:
         return head(rows)
