@@ -107,7 +107,7 @@ def head_logits(head: nn.Module, rows: torch.Tensor) -> torch.Tensor:
     Why: the number of masked positions changes every micro-batch, and oneDNN (CPU) keeps a primitive per
     matmul shape in its cache (up to 1,024); those of the vocabulary-wide decoder are large, so unbucketed
     shapes grew the process steadily (peak RSS 5.1 GB after 60 MiniLM MLM steps at 256 tokens, against 3.1 GB
-    bucketed). The padding costs at most 63 rows of head work (about 3% of a CPU step's FLOPs at 256 tokens);
+    bucketed). The padding adds 32 rows of head work on average (about 3% of a step's FLOPs at 256 tokens);
     its logits take no part in the loss, so no gradient flows through them."""
     pad = -rows.shape[0] % HEAD_ROWS
     if not pad:
