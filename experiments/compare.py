@@ -167,11 +167,14 @@ def build_table(runs: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
     agg = {"runs": ("run_id", "size")}
     if "tags.seed" in runs:
         agg["seeds"] = ("tags.seed", _seeds)
-    # A run that read its encoder features from the feature cache did not pay for encoding: its train time
-    # and throughput are not the strategy's cost. Such a run counts with its uncached estimate (its time plus
-    # what computing the cached features took when they were stored); a group with only cache hits and no
-    # estimate (runs from before estimates were logged) falls back to its times and is flagged.
+    # A run that reused stored work (encoder features from the feature cache, tapt's adapted encoder) did not
+    # pay for it: its train time and throughput are not the strategy's cost. Such a run counts with its
+    # uncached estimate (its time plus what the reused work took when it was stored; the runner logs one
+    # whenever a strategy reports time saved); a group with only feature-cache hits and no estimate (runs
+    # from before estimates were logged) falls back to its times and is flagged.
     cached = runs[CACHE].isin(["hit", "partial"]) if CACHE in runs else pd.Series(False, index=runs.index)
+    if f"metrics.{UNCACHED['train_time_s']}" in runs:
+        cached |= runs[f"metrics.{UNCACHED['train_time_s']}"].notna()
     unknown = cached.copy()
     for name in TIMINGS:
         estimate = runs.get(f"metrics.{UNCACHED[name]}", pd.Series(np.nan, index=runs.index))

@@ -185,7 +185,7 @@ def test_sweep_axes_become_groups_and_plots(store, tmp_path):
         "embed · precision=bf16", "embed · precision=fp32"]
 
 
-def test_timings_leave_out_feature_cache_hits(store, tmp_path):
+def test_timings_leave_out_cache_hits(store, tmp_path):
     exp = experiment(store, "cache")
     log_run(store, exp, "embed", 0, 0.7, train_time_s=20.0, inference_examples_per_s=50,
             params={"runtime.feature_cache": "miss"})
@@ -195,6 +195,9 @@ def test_timings_leave_out_feature_cache_hits(store, tmp_path):
     log_run(store, exp, "embed", 2, 0.7, train_time_s=0.5, inference_examples_per_s=9000,
             train_time_uncached_s=18.0, inference_examples_per_s_uncached=60, params={"runtime.feature_cache": "hit"})
     log_run(store, exp, "freeze", 0, 0.6, train_time_s=0.4, params={"runtime.feature_cache": "hit"})
+    # tapt that read its adapted encoder from the store (no feature cache): its estimate, adaptation included
+    log_run(store, exp, "tapt", 0, 0.8, train_time_s=300.0, inference_examples_per_s=80,
+            train_time_uncached_s=1200.0, inference_examples_per_s_uncached=80, params={"runtime.adapt_cache": "hit"})
     # rerun with bookkeeping changed (no cache, no skipping, other checkpoints): the same configuration
     log_run(store, exp, "freeze", 1, 0.6, train_time_s=0.4, params={
         "runtime.feature_cache": "hit", "cache": "false", "strategy.cache": "false", "skip_finished": "false",
@@ -208,6 +211,7 @@ def test_timings_leave_out_feature_cache_hits(store, tmp_path):
     assert t.loc["embed", "train_time_s_mean"] == 19.0 and t.loc["embed", "examples_per_s_mean"] == 55
     assert not t.loc["embed", "timing_cached"]
     assert t.loc["freeze", "train_time_s_mean"] == 0.4 and t.loc["freeze", "timing_cached"]
+    assert t.loc["tapt", "train_time_s_mean"] == 1200.0 and not t.loc["tapt", "timing_cached"]
     assert "| freeze | 2 | 0,1 | 0.6000 ± 0.0000 | 0.5900 ± 0.0000 | 1,000 | 0.4 * | 100 * |  |" in report.markdown
 
 
