@@ -8,7 +8,14 @@ import torch
 from conftest import STRATEGY_PRESETS, compose, demo_split, preset_has, quick
 
 from experiments.bundle import build_strategy
-from strategies.backbone import _cpu_has_bf16, collate, extract_features, length_batches, tokenize
+from strategies.backbone import (
+    PAD_MULTIPLE,
+    _cpu_has_bf16,
+    collate,
+    extract_features,
+    length_batches,
+    tokenize,
+)
 from strategies.freeze import FreezeStrategy
 
 NUM_LABELS = 2
@@ -453,7 +460,13 @@ def test_extract_features_keeps_input_order(pooling, tiny_overrides):
     np.testing.assert_allclose(batched, alone, atol=1e-5)  # a text alone goes without mask (see collate)
     items = tokenize(tok, TEXTS, 64)
     assert "attention_mask" not in collate(tok, items[:1], torch.device("cpu"))
-    assert "attention_mask" in collate(tok, items, torch.device("cpu"))  # TEXTS differ in length
+    padded = collate(tok, items, torch.device("cpu"))
+    assert "attention_mask" in padded  # TEXTS differ in length
+    longest = max(len(x["input_ids"]) for x in items)  # rounded up to a multiple of 8: fewer oneDNN shapes
+    assert padded["input_ids"].shape[1] == -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+    assert padded["attention_mask"].sum(1).tolist() == [len(x["input_ids"]) for x in items]
+    same = [items[0]] * 3  # equal lengths: exact, unpadded
+    assert collate(tok, same, torch.device("cpu"))["input_ids"].shape[1] == len(items[0]["input_ids"])
     assert len({row.tobytes() for row in batched}) == len(TEXTS)  # distinct texts, distinct rows
 
 
