@@ -162,7 +162,7 @@ def train_mlm(
     while step < settings.steps:
         idx = schedule[step]
         opt.zero_grad(set_to_none=True)
-        batch = pad_batch(tokenizer, [items[i] for i in idx])
+        batch = pad_batch(tokenizer, [items[i] for i in idx], max_length)
         special = torch.tensor([tokenizer.get_special_tokens_mask(row, already_has_special_tokens=True)
                                 for row in batch["input_ids"].tolist()], dtype=torch.bool)
         ids, chosen = mask_tokens(batch["input_ids"], special, tokenizer, settings.probability, gen)
