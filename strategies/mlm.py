@@ -21,7 +21,16 @@ from transformers import AutoModelForMaskedLM
 from transformers.utils import logging as hf_logging
 
 from . import checkpoint
-from .backbone import ModelSpec, autocast, length_batches, sdpa_ready, to_device, tokenize, verify_weights
+from .backbone import (
+    ModelSpec,
+    autocast,
+    length_batches,
+    pad_batch,
+    sdpa_ready,
+    to_device,
+    tokenize,
+    verify_weights,
+)
 from .encoder_base import check_loss, grad_scaler, make_optimizer
 
 log = logging.getLogger("transfer_bench.mlm")
@@ -153,7 +162,7 @@ def train_mlm(
     while step < settings.steps:
         idx = schedule[step]
         opt.zero_grad(set_to_none=True)
-        batch = tokenizer.pad([items[i] for i in idx], return_tensors="pt")
+        batch = pad_batch(tokenizer, [items[i] for i in idx], max_length)
         special = torch.tensor([tokenizer.get_special_tokens_mask(row, already_has_special_tokens=True)
                                 for row in batch["input_ids"].tolist()], dtype=torch.bool)
         ids, chosen = mask_tokens(batch["input_ids"], special, tokenizer, settings.probability, gen)

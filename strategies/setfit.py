@@ -116,7 +116,7 @@ class SetFitStrategy(EncoderStrategy):
                 texts, where = np.unique(pairs[idx, :2], return_inverse=True)  # each text encoded once a step
                 where = torch.as_tensor(where.reshape(-1, 2), device=self.device)
                 with autocast(self.device, self.precision):
-                    batch = collate(tok, [items[t] for t in texts], self.device)
+                    batch = collate(tok, [items[t] for t in texts], self.device, self.spec.max_length)
                     emb = forward_features(encoder, batch, self.layers, self.pooling, self.combine)
                 emb = emb.float()
                 cos = nn.functional.cosine_similarity(emb[where[:, 0]], emb[where[:, 1]], dim=-1)

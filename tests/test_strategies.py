@@ -8,7 +8,14 @@ import torch
 from conftest import STRATEGY_PRESETS, compose, demo_split, preset_has, quick
 
 from experiments.bundle import build_strategy
-from strategies.backbone import _cpu_has_bf16, collate, extract_features, length_batches, tokenize
+from strategies.backbone import (
+    PAD_MULTIPLE,
+    _cpu_has_bf16,
+    collate,
+    extract_features,
+    length_batches,
+    tokenize,
+)
 from strategies.freeze import FreezeStrategy
 
 NUM_LABELS = 2
@@ -455,6 +462,22 @@ def test_extract_features_keeps_input_order(pooling, tiny_overrides):
     assert "attention_mask" not in collate(tok, items[:1], torch.device("cpu"))
     assert "attention_mask" in collate(tok, items, torch.device("cpu"))  # TEXTS differ in length
     assert len({row.tobytes() for row in batched}) == len(TEXTS)  # distinct texts, distinct rows
+
+
+def test_padded_batches_round_up_to_a_multiple_of_8_but_never_past_max_length(tiny_overrides):
+    """Fewer distinct shapes for oneDNN's kernel cache; max_length caps it (prompt tuning's positions)."""
+    tok = make(tiny_overrides, "embed").tokenizer
+    items = tokenize(tok, TEXTS, 64)
+    odd = [x for x in items if len(x["input_ids"]) % PAD_MULTIPLE]
+    longest = max(len(x["input_ids"]) for x in odd)
+    shorter = [x for x in items if len(x["input_ids"]) < longest][:1]
+    batch = collate(tok, [*odd, *shorter], torch.device("cpu"), max_length=64)
+    assert batch["input_ids"].shape[1] == -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE > longest
+    assert batch["attention_mask"].sum(1).tolist() == [len(x["input_ids"]) for x in [*odd, *shorter]]
+    assert collate(tok, [*odd, *shorter], torch.device("cpu"), max_length=longest)["input_ids"].shape[1] == longest
+    assert collate(tok, [*odd, *shorter], torch.device("cpu"))["input_ids"].shape[1] == longest  # no max_length
+    same = [odd[0]] * 3  # equal lengths: exact, unpadded
+    assert collate(tok, same, torch.device("cpu"), max_length=64)["input_ids"].shape[1] == len(odd[0]["input_ids"])
 
 
 def test_extract_features_rejects_no_texts(tiny_overrides):
