@@ -67,6 +67,7 @@ class Report:
     out_dir: Path
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    reference: str = "baseline"  # the series the others are measured against along a sweep axis
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -430,13 +431,17 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells.itertuples(index=False)])
 
 
+def series_name(row, series: list[str]) -> str:
+    """A group's name along a sweep axis: its values of the other group-by keys, e.g. `lora` or `lora · mpnet`."""
+    return " · ".join(str(row[k]) for k in series) or "all"
+
+
 def grid(table: pd.DataFrame, pairs: pd.DataFrame, axis: str, series: list[str]) -> str:
     """Test accuracy (%) along a sweep axis: a row per series (e.g. strategy), a column per axis value. In
     each column the most accurate group is bold; ≈ marks a group McNemar cannot tell from it (Holm p ≥ ALPHA),
     ? one not tested against it (other data); unmarked ones are significantly less accurate."""
     verdict = {frozenset((a, b)): bool(s) for a, b, s in zip(pairs["a"], pairs["b"], pairs["significant"], strict=True)}
     values = sorted(table[axis].unique(), key=_natural)
-    name = lambda r: " · ".join(str(r[k]) for k in series) or "all"  # noqa: E731
     rows: dict[str, dict] = {}
     for v in values:
         column = table[table[axis] == v]
@@ -446,11 +451,59 @@ def grid(table: pd.DataFrame, pairs: pd.DataFrame, axis: str, series: list[str])
             cell = f"{m:.1f}" if math.isnan(s) else f"{m:.1f} ± {s:.1f}"
             mark = verdict.get(frozenset((best, r["group"])))
             cell = f"**{cell}**" if r["group"] == best else cell + {None: " ?", False: " ≈", True: ""}[mark]
-            rows.setdefault(name(r), {})[v] = cell
+            rows.setdefault(series_name(r, series), {})[v] = cell
     short = axis.rsplit(".", 1)[-1]
     head = pd.DataFrame([{" / ".join(series) or "group": k, **{f"{short}={v}": row.get(v, "—") for v in values}}
                          for k, row in rows.items()])
     return markdown_table(head)
+
+
+def against_reference(table: pd.DataFrame, pairs: pd.DataFrame, axis: str, series: list[str],
+                      reference: str) -> tuple[str, dict[str, str]] | None:
+    """Every series against the reference series (say, the baseline) at each value of the axis: the accuracy
+    difference in points and McNemar's verdict. A series overtakes the reference from the smallest value at
+    which it is significantly more accurate and stays so at every larger value where both ran. None when no
+    single series is the reference (its name, or one part of a `a · b` name)."""
+    names = table.apply(lambda r: series_name(r, series), axis=1)
+    matches = sorted({n for n in names if reference in (n, *n.split(" · "))})
+    if len(matches) != 1:
+        return None
+    ref = table[names == matches[0]].set_index(axis)
+    tests = {frozenset((r["a"], r["b"])): r for r in pairs.to_dict("records")}
+    values = [v for v in sorted(table[axis].unique(), key=_natural) if v in ref.index]
+    rows, overtakes = [], {}
+    for name in dict.fromkeys(n for n in names if n != matches[0]):
+        mine = table[names == name].set_index(axis)
+        row, wins = {" / ".join(series) or "group": name}, []
+        for v in values:
+            short = f"{axis.rsplit('.', 1)[-1]}={v}"
+            if v not in mine.index:
+                row[short] = "—"
+                continue
+            a, b = mine.loc[v, "group"], ref.loc[v, "group"]
+            delta = f"{100 * (mine.loc[v, 'acc_mean'] - ref.loc[v, 'acc_mean']):+.1f}"
+            t = tests.get(frozenset((a, b)))
+            if t is None:
+                row[short], win = f"{delta} ?", None
+            else:
+                mine_right = t["only_a_right"] if t["a"] == a else t["only_b_right"]
+                ref_right = t["only_b_right"] if t["a"] == a else t["only_a_right"]
+                win = bool(t["significant"]) and mine_right > ref_right
+                lose = bool(t["significant"]) and mine_right < ref_right
+                mark = "▲" if win else "▼" if lose else "≈"
+                row[short] = f"{delta} {mark} (p {t['p_holm']:.2g})"
+            wins.append((v, win))
+        tested = [(v, w) for v, w in wins if w is not None]
+        first = None
+        for i, (v, _) in enumerate(tested):
+            if all(w for _, w in tested[i:]):
+                first = v
+                break
+        overtakes[name] = ("not tested" if not tested else f"from {first}" if first is not None
+                           else "never (in the range run)")
+        row["overtakes"] = overtakes[name]
+        rows.append(row)
+    return (markdown_table(pd.DataFrame(rows)), overtakes) if rows else None
 
 
 def render(report: Report, experiment: str, parent_run_id: str | None, images: list[Path]) -> str:
@@ -486,6 +539,13 @@ def render(report: Report, experiment: str, parent_run_id: str | None, images: l
                   f"{axis}; ≈: McNemar does not tell it from that one (Holm p ≥ {ALPHA}); ?: not tested against "
                   "it (other data); unmarked: significantly less accurate.", "",
                   grid(t, report.pairs, axis, [k for k in report.group_by if k != axis]), ""]
+        against = against_reference(t, report.pairs, axis, [k for k in report.group_by if k != axis], report.reference)
+        if against is not None:
+            parts += [f"## Against {report.reference}", "",
+                      f"Accuracy difference from {report.reference} in points at each {axis}. ▲: significantly "
+                      f"more accurate (McNemar, Holm p < {ALPHA}); ▼: significantly less; ≈: not separable; ?: not "
+                      f"tested (other data). Overtakes: the smallest {axis} from which it is significantly more "
+                      f"accurate at every larger one run.", "", against[0], ""]
     parts += ["## Significance", "", SIGNIFICANCE_METHOD, ""]
     p = report.pairs
     if len(p):
@@ -508,8 +568,10 @@ def render(report: Report, experiment: str, parent_run_id: str | None, images: l
 
 # ----------------------------------------------------------------------------- the whole report
 def build_report(experiment: str, tracking_uri: str = "sqlite:///mlflow.db",
-                 out_dir: str | Path = "comparison", parent_run_id: str | None = None, group_by: list[str] | None = None) -> Report:
-    """Read the runs, write table/plots/significance to out_dir, and log them to the parent run if given."""
+                 out_dir: str | Path = "comparison", parent_run_id: str | None = None, group_by: list[str] | None = None,
+                 reference: str = "baseline") -> Report:
+    """Read the runs, write table/plots/significance to out_dir, and log them to the parent run if given.
+    reference: along a sweep axis, the series every other one is measured against (its name or a part of it)."""
     from mlflow import MlflowClient
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run's download
@@ -543,7 +605,8 @@ def build_report(experiment: str, tracking_uri: str = "sqlite:///mlflow.db",
         images.append(plot_lines(probed, LAYERS, LAYERS, others(LAYERS), "encoder layer(s) (0 = embeddings)",
                                  out / "layer_accuracy.png"))
 
-    report = Report(table=table, pairs=pairs, group_by=group_by, markdown="", out_dir=out, notes=notes)
+    report = Report(table=table, pairs=pairs, group_by=group_by, markdown="", out_dir=out, notes=notes,
+                    reference=reference)
     report.markdown = render(report, experiment, parent_run_id, images)
     (out / "comparison.md").write_text(report.markdown, encoding="utf-8")
     table.to_csv(out / "comparison.csv", index=False)
@@ -565,10 +628,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="comparison", help="output folder (default: %(default)s)")
     p.add_argument("--group-by", help="comma-separated tags/params, e.g. strategy,model,data.train_size "
                    "(default: strategy, + model/dataset if several, + config params that vary)")
+    p.add_argument("--reference", default="baseline", help="along a sweep axis (train size), the series every "
+                   "other one is tested against, and said to overtake (default: %(default)s)")
     args = p.parse_args(argv)
     try:
         report = build_report(args.experiment, args.tracking_uri, args.out, args.parent_run_id,
-                              parse_group_by(args.group_by))
+                              parse_group_by(args.group_by), args.reference)
     except ReportError as e:
         p.exit(2, f"error: {e}\n")
     print(report.markdown)

@@ -289,3 +289,24 @@ def test_grid_along_the_axis_marks_what_mcnemar_separates(store, tmp_path):
     assert "| baseline | **100.0 ± 0.0** | 95.0 ± 0.0 ≈ |" in md
     assert "| embed | 50.0 ± 0.0 | **100.0 ± 0.0** |" in md
     assert "| lora | — | 50.0 ? |" in md
+
+
+def test_against_the_baseline_names_where_each_strategy_overtakes(store, tmp_path):
+    """embed is significantly worse than the baseline at 100 labels and significantly better from 200 on:
+    it overtakes from 200. lora (no run at 100) is never separable from it: never. Differences in points."""
+    exp = experiment(store, "overtake")
+    wrong = {(100, "baseline"): (), (100, "embed"): range(10),
+             (200, "baseline"): range(10), (200, "embed"): (), (200, "lora"): range(8),
+             (300, "baseline"): range(10), (300, "embed"): (), (300, "lora"): range(8)}
+    for (size, strategy), w in wrong.items():
+        log_run(store, exp, strategy, 0, 1 - len(w) / N, fingerprint=f"fp{size}", data_train_size=size,
+                params={"data.train_size": size}, preds=predictions(wrong=w))
+    report = compare.build_report("overtake", store[1], tmp_path / "overtake")
+    md = report.markdown
+    against = md.split("## Against baseline")[1].split("##")[0].splitlines()
+    embed = next(line for line in against if line.startswith("| embed |"))
+    assert "-50.0 ▼" in embed and embed.count("+50.0 ▲") == 2 and embed.endswith("| from 200 |")
+    lora = next(line for line in against if line.startswith("| lora | — |"))
+    assert lora.count("+10.0 ≈") == 2 and lora.endswith("| never (in the range run) |")
+    # no such series: no section
+    assert "## Against" not in compare.build_report("overtake", store[1], tmp_path / "o2", reference="svm").markdown
