@@ -104,3 +104,23 @@ def test_profile_part_tiny_run(tmp_path):
         assert {"attention", "linear layers"} <= set(r["groups"]) and r["linear_gflops"] > 0 and r["attention_gflops"] > 0
     assert "optimizer" in p["training"]["groups"] and "optimizer" not in p["extraction"]["groups"]
     assert "GFLOP/s of the linear layers" in js.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (IMDB / "train.parquet").exists(), reason="IMDb parquet not in ../shared")
+def test_pad_ab_tiny_run(tmp_path):
+    """benchmarks/bench_pad.py: one fresh process per PAD_MULTIPLE value, each timed and its peak RSS kept;
+    the report has a row per value with its speed-up over the first."""
+    spec = importlib.util.spec_from_file_location("bench_pad", REPO / "benchmarks" / "bench_pad.py")
+    bench_pad = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_pad)
+    rc = bench_pad.main(["--data", str(IMDB), "--n-test", "4", "--ft-n", "4", "--max-length", "32",
+                         "--repeats", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    (js,) = tmp_path.glob("pad-*.json")
+    res = json.loads(js.read_text())
+    assert set(res["runs"]) == {"1", "8"} and all(len(v) == 1 for v in res["runs"].values())
+    for s in res["summary"].values():
+        assert all(s[t]["median"] > 0 for t in bench_pad.TIMINGS) and s["peak_rss_mb"]["median"] > 100
+    md = js.with_suffix(".md").read_text()
+    assert "| 1 |" in md and "| 8 |" in md and "1.00x" in md
