@@ -2,8 +2,9 @@
 strategy to use — a table (mean ± std over seeds), Pareto plots, learning curves, accuracy per layer, and a
 paired McNemar test between strategies scored on the same test set.
 
-    python -m experiments.compare --experiment NAME [--tracking-uri sqlite:///mlflow.db]
+    python -m experiments.compare --experiment NAME[,NAME…] [--tracking-uri sqlite:///mlflow.db]
                                   [--parent-run-id ID] [--out DIR] [--group-by strategy,data.train_size]
+                                  [--where KEY=VALUE …] [--reference baseline]
 
 Writes comparison.md, comparison.csv, significance.csv and PNG plots to --out; with --parent-run-id the same
 files are also logged to that run under report/. `build_report()` is the same thing as a function.
@@ -34,7 +35,7 @@ TRAIN_SIZE, LAYERS = "data.train_size", "strategy.layers"
 CACHE = "params.runtime.feature_cache"  # hit/partial: the run read encoder features instead of computing them
 TIMINGS = ("train_time_s", "examples_per_s")
 UNCACHED = {"train_time_s": "train_time_uncached_s", "examples_per_s": "inference_examples_per_s_uncached"}
-TAGS = ("strategy", "model", "dataset")  # group-by keys shown bare in labels; params show as name=value
+TAGS = ("strategy", "model", "dataset", "experiment")  # group-by keys shown bare in labels; params as name=value
 METRICS = {  # table column -> MLflow metric
     "acc": "test_accuracy",
     "f1": "test_f1_macro",
@@ -72,19 +73,24 @@ class Report:
 
 # ----------------------------------------------------------------------------- reading runs
 def fetch_runs(client, experiment: str, parent_run_id: str | None = None) -> pd.DataFrame:
-    """FINISHED runs as one row each (run_id, start_time, tags.*, params.*, metrics.*), newest first."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise ReportError(f"no MLflow experiment named '{experiment}'")
+    """FINISHED runs as one row each (run_id, start_time, tags.*, params.*, metrics.*), newest first.
+    experiment: a name, or several joined by commas (tags.experiment says which each run came from)."""
+    names = {}
+    for name in (e.strip() for e in experiment.split(",") if e.strip()):
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise ReportError(f"no MLflow experiment named '{name}'")
+        names[exp.experiment_id] = name
     query = "attributes.status = 'FINISHED'"
     if parent_run_id:
         query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
     rows, token = [], None
     while True:  # paginated: a large sweep has more runs than one page
-        page = client.search_runs([exp.experiment_id], query, max_results=1000, page_token=token,
+        page = client.search_runs(list(names), query, max_results=1000, page_token=token,
                                   order_by=["attributes.start_time DESC"])
         for r in page:
-            rows.append({"run_id": r.info.run_id, "start_time": r.info.start_time}
+            rows.append({"run_id": r.info.run_id, "start_time": r.info.start_time,
+                         "tags.experiment": names[r.info.experiment_id]}
                         | {f"tags.{k}": v for k, v in r.data.tags.items()}
                         | {f"params.{k}": v for k, v in r.data.params.items()}
                         | {f"metrics.{k}": v for k, v in r.data.metrics.items()})
@@ -133,7 +139,21 @@ def column_of(runs: pd.DataFrame, key: str) -> str:
     for col in (key, f"tags.{key}", f"params.{key}"):
         if col in runs:
             return col
-    raise ReportError(f"--group-by '{key}' is neither a tag nor a param of these runs")
+    raise ReportError(f"'{key}' is neither a tag nor a param of these runs (--group-by, --where)")
+
+
+def where(runs: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:
+    """Only the runs meeting every condition, KEY=VALUE or KEY!=VALUE, compared as text (a param a run did
+    not log reads as '—'; data.train_size=None is the full training set)."""
+    for cond in conditions:
+        key, op, value = cond.partition("!=") if "!=" in cond else cond.partition("=")
+        if not op or not key.strip():
+            raise ReportError(f"--where '{cond}': write KEY=VALUE or KEY!=VALUE, e.g. data.train_size=None")
+        text = runs[column_of(runs, key.strip())].fillna("—").astype(str)
+        runs = runs[(text == value.strip()) if op == "=" else (text != value.strip())]
+    if runs.empty:
+        raise ReportError(f"no finished runs meet --where {' '.join(conditions)}")
+    return runs.reset_index(drop=True)
 
 
 def parse_group_by(text: str | None) -> list[str] | None:
@@ -143,13 +163,13 @@ def parse_group_by(text: str | None) -> list[str] | None:
 
 
 def default_group_by(runs: pd.DataFrame) -> list[str]:
-    """strategy, + model/dataset when several, + every config param that varies within those groups
+    """strategy, + model/dataset/experiment when several, + every config param that varies within those groups
     (strategy.layers in a layer probe, data.train_size in a learning curve): runs that differ in anything
     but the seed are different configurations, never seeds of one."""
     def several(tag: str) -> bool:  # model "none" (the TF-IDF baseline) is not a second encoder
         return f"tags.{tag}" in runs and runs[f"tags.{tag}"].replace("none", np.nan).nunique() > 1
 
-    keys = ["strategy"] + [tag for tag in ("model", "dataset") if several(tag)]
+    keys = ["strategy"] + [tag for tag in ("model", "dataset", "experiment") if several(tag)]
     base = [column_of(runs, k) for k in keys]
     for col in _config_columns(runs):
         if runs.fillna({col: "—"}).groupby(base, dropna=False)[col].nunique().max() > 1:
@@ -569,14 +589,15 @@ def render(report: Report, experiment: str, parent_run_id: str | None, images: l
 # ----------------------------------------------------------------------------- the whole report
 def build_report(experiment: str, tracking_uri: str = "sqlite:///mlflow.db",
                  out_dir: str | Path = "comparison", parent_run_id: str | None = None, group_by: list[str] | None = None,
-                 reference: str = "baseline") -> Report:
+                 reference: str = "baseline", conditions: list[str] | None = None) -> Report:
     """Read the runs, write table/plots/significance to out_dir, and log them to the parent run if given.
-    reference: along a sweep axis, the series every other one is measured against (its name or a part of it)."""
+    reference: along a sweep axis, the series every other one is measured against (its name or a part of it).
+    conditions: keep only the runs meeting each KEY=VALUE / KEY!=VALUE (where())."""
     from mlflow import MlflowClient
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run's download
     client = MlflowClient(tracking_uri=tracking_uri)
-    runs = fetch_runs(client, experiment, parent_run_id)
+    runs = where(fetch_runs(client, experiment, parent_run_id), list(conditions or []))
     runs, repeats = deduplicate(runs)
     default = default_group_by(runs)
     # a group-by that leaves out a varying param (few_shot_subsets' data.split_seed) pools it with the seeds
@@ -620,7 +641,10 @@ def build_report(experiment: str, tracking_uri: str = "sqlite:///mlflow.db",
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--experiment", required=True, help="MLflow experiment name")
+    p.add_argument("--experiment", required=True, help="MLflow experiment name, or several joined by commas")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="only runs whose tag/param KEY is (=) or is not (!=) VALUE; repeatable, e.g. "
+                   "--where data.train_size=None for the full-size runs of a learning curve")
     p.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
                    help="MLflow store (default: %(default)s)")
     p.add_argument("--parent-run-id",
@@ -633,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         report = build_report(args.experiment, args.tracking_uri, args.out, args.parent_run_id,
-                              parse_group_by(args.group_by), args.reference)
+                              parse_group_by(args.group_by), args.reference, args.where)
     except ReportError as e:
         p.exit(2, f"error: {e}\n")
     print(report.markdown)

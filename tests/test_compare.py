@@ -310,3 +310,29 @@ def test_against_the_baseline_names_where_each_strategy_overtakes(store, tmp_pat
     assert lora.count("+10.0 ≈") == 2 and lora.endswith("| never (in the range run) |")
     # no such series: no section
     assert "## Against" not in compare.build_report("overtake", store[1], tmp_path / "o2", reference="svm").markdown
+
+
+def test_several_experiments_and_where(store, tmp_path):
+    """Tuned rows logged to their own experiment join the defaults' full-size runs in one report: the
+    experiment becomes a group key, --where keeps the full-size runs, and McNemar pairs across experiments."""
+    defaults, tuned = experiment(store, "curve"), experiment(store, "curve_tuned")
+    for size in ("100", "None"):
+        log_run(store, defaults, "baseline", 0, 0.7, fingerprint=f"fp{size}", params={"data.train_size": size},
+                preds=predictions(wrong=range(6)))
+    for seed in (0, 1):
+        log_run(store, tuned, "baseline", seed, 0.9, fingerprint="fpNone",
+                params={"data.train_size": "None", "classifier.C": "4.0"}, preds=predictions(wrong=range(2)))
+    report = compare.build_report("curve, curve_tuned", store[1], tmp_path / "both",
+                                  conditions=["data.train_size=None"])
+    t = report.table.set_index("group")
+    assert report.group_by == ["strategy", "experiment"]
+    assert t.loc["baseline · curve", "runs"] == 1 and t.loc["baseline · curve_tuned", "runs"] == 2
+    (pair,) = report.pairs.to_dict("records")
+    assert {pair["a"], pair["b"]} == {"baseline · curve", "baseline · curve_tuned"} and pair["n"] == N
+    assert report.markdown.startswith("# Comparison: experiment `curve, curve_tuned`")
+    kept = compare.build_report("curve", store[1], tmp_path / "small", conditions=["data.train_size!=None"]).table
+    assert kept["runs"].sum() == 1 and kept["train_examples_mean"].iloc[0] == 320
+    for bad, match in ((["data.train_size"], "KEY=VALUE"), (["nonsense=1"], "neither a tag nor a param"),
+                       (["data.train_size=7"], "no finished runs meet")):
+        with pytest.raises(compare.ReportError, match=match):
+            compare.build_report("curve", store[1], tmp_path / "bad", conditions=bad)
