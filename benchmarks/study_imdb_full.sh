@@ -3,9 +3,12 @@
 # fine-tuning family, in resumable steps. Every sweep skips configs that already FINISHED in the store, and
 # fine-tuning continues from its checkpoint (resume=true), so rerunning this script continues where it stopped.
 #   STORE=~/tb-study bash benchmarks/study_imdb_full.sh          (hours on a CPU; the store holds mlflow.db)
-# Export what has finished at any time (never over an earlier export):
+# Export what has finished at any time (never over an earlier export): the learning curve (defaults), and the
+# full-size table (each strategy at its defaults, plus the cheap ones tuned on validation, logged to imdb_full_tuned)
 #   python -m experiments.compare --experiment imdb_full --tracking-uri sqlite:///$STORE/mlflow.db \
 #       --out benchmarks/results/imdb_full-$(date -u +%Y-%m-%dT%H%M)
+#   python -m experiments.compare --experiment imdb_full,imdb_full_tuned --where data.train_size=None \
+#       --tracking-uri sqlite:///$STORE/mlflow.db --out benchmarks/results/imdb_full_table-$(date -u +%Y-%m-%dT%H%M)
 # STEPS picks the steps to run, e.g. STEPS="3 4" for the searches and tuned rows only (default: all, in order).
 set -u
 STEPS=" ${STEPS:-1 2 3 4 5 6 7} "
@@ -37,7 +40,7 @@ $PY -m experiment=search_freeze $IMDB hydra.sweeper.n_trials=16 hydra.sweep.dir=
 fi
 
 if want 4; then
-step "4. tuned cheap strategies on full IMDb, 3 seeds (the searches' best validation parameters)"
+step "4. tuned cheap strategies on full IMDb, 3 seeds (the searches' best validation parameters), beside the defaults"
 for s in baseline embed freeze; do
   best=$("${PYTHON:-$REPO/.venv/bin/python}" - "$s" <<'PY'
 import sys, yaml
@@ -46,7 +49,7 @@ print(" ".join(f"{k}={v}".replace(" ", "") for k, v in r["best_params"].items())
 PY
 ) || exit 1
   step "   $s tuned: $best"
-  $PY -m experiment=imdb_full strategy=$s $best seed=0,1,2
+  $PY -m experiment=imdb_full strategy=$s $best seed=0,1,2 experiment_name=imdb_full_tuned
 done
 fi
 
