@@ -251,7 +251,7 @@ def run_framework(a, folder: Path, texts: list[str], labels: np.ndarray, device,
     items = tokenize(strategy.tokenizer, texts[: a.batch_size], a.seq_len)
     t1 = time.perf_counter()
     for _ in range(5):
-        collate(strategy.tokenizer, items, device)
+        collate(strategy.tokenizer, items, device, a.seq_len)  # as training pads: rounded, capped
     sync(device)
     out |= {
         "attn_implementation": enc.config._attn_implementation, "micro_batch_size": strategy.micro_batch_size,

@@ -7,7 +7,7 @@ cache is what the rounding is about, so each run starts cold. Each run encodes -
 twice (cold, then warm) with the packaged encoder and fine-tunes it for one epoch on --ft-n train reviews,
 at --max-length tokens and precision=auto. The variants alternate (K=1, K=8, K=1, ...) so that drift in the
 machine's load hits both alike. Reported: the median, min and max of each timing, the peak RSS, the 1-minute
-load average. Writes benchmarks/results/pad-<date>T<time>.json and .md (never overwritten)."""
+load average. Peak RSS is the whole child process's (data, two models, both passes). Writes benchmarks/results/pad-<date>T<time>.json and .md (never overwritten)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_gpu import result_stem, write_new  # noqa: E402 — one naming rule for every result file
+from bench_gpu import cpu_name, result_stem, write_new  # noqa: E402 — one naming rule for every result file
 
 TIMINGS = ("extract_cold_s", "extract_warm_s", "finetune_epoch_s")
 
@@ -94,21 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     passed = list(argv if argv is not None else sys.argv[1:])
     for i in range(args.repeats):
         for k in multiples:
+            # stdout carries the one JSON line; stderr (warnings, a child's traceback) passes through
             line = subprocess.run([sys.executable, __file__, *passed, "--child", str(k)], check=True,
-                                  capture_output=True, text=True).stdout.strip().splitlines()[-1]
+                                  stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
             runs[k].append(json.loads(line))
             print(f"repeat {i + 1}/{args.repeats} K={k}: {line}", flush=True)
     res = {
         "meta": {"started": started.isoformat(timespec="seconds"),
                  "command": "python " + shlex.join([Path(sys.argv[0]).as_posix(), *passed]),
-                 "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), **vars(args)},
+                 "cpu": cpu_name(), "cores": os.cpu_count(), **vars(args)},
         "runs": {str(k): v for k, v in runs.items()},
         "summary": {str(k): summary(v) for k, v in runs.items()},
     }
-    try:
-        res["meta"]["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     ref = res["summary"][str(multiples[0])]
     lines = [f"# PAD_MULTIPLE A/B ({res['meta']['started']})", "", f"`{res['meta']['command']}`", "",
              f"{res['meta']['cpu']}, {res['meta']['cores']} cores; {args.repeats} fresh processes per value, alternating; "

@@ -7,7 +7,7 @@
 # full-size table (each strategy at its defaults, plus the cheap ones tuned on validation, logged to imdb_full_tuned)
 #   python -m experiments.compare --experiment imdb_full --tracking-uri sqlite:///$STORE/mlflow.db \
 #       --out benchmarks/results/imdb_full-$(date -u +%Y-%m-%dT%H%M)
-#   python -m experiments.compare --experiment imdb_full,imdb_full_tuned --where data.train_size=None \
+#   python -m experiments.compare --experiment imdb_full,imdb_full_tuned --where data.train_size=null \
 #       --tracking-uri sqlite:///$STORE/mlflow.db --out benchmarks/results/imdb_full_table-$(date -u +%Y-%m-%dT%H%M)
 # STEPS picks the steps to run, e.g. STEPS="3 4" for the searches and tuned rows only (default: all, in order).
 set -u

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .identity import NOT_CONFIG
+from .identity import NEUTRAL, NOT_CONFIG
 
 ALPHA = 0.05
 EXACT_BELOW = 25  # McNemar: exact binomial when b + c < 25, where the chi-square approximation is poor
@@ -72,11 +72,11 @@ class Report:
 
 
 # ----------------------------------------------------------------------------- reading runs
-def fetch_runs(client, experiment: str, parent_run_id: str | None = None) -> pd.DataFrame:
+def fetch_runs(client, experiment: str | list[str], parent_run_id: str | None = None) -> pd.DataFrame:
     """FINISHED runs as one row each (run_id, start_time, tags.*, params.*, metrics.*), newest first.
-    experiment: a name, or several joined by commas (tags.experiment says which each run came from)."""
+    experiment: a name, or a list of names (tags.experiment says which each run came from)."""
     names = {}
-    for name in (e.strip() for e in experiment.split(",") if e.strip()):
+    for name in [experiment] if isinstance(experiment, str) else experiment:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise ReportError(f"no MLflow experiment named '{name}'")
@@ -89,9 +89,9 @@ def fetch_runs(client, experiment: str, parent_run_id: str | None = None) -> pd.
         page = client.search_runs(list(names), query, max_results=1000, page_token=token,
                                   order_by=["attributes.start_time DESC"])
         for r in page:
-            rows.append({"run_id": r.info.run_id, "start_time": r.info.start_time,
-                         "tags.experiment": names[r.info.experiment_id]}
+            rows.append({"run_id": r.info.run_id, "start_time": r.info.start_time}
                         | {f"tags.{k}": v for k, v in r.data.tags.items()}
+                        | {"tags.experiment": names[r.info.experiment_id]}  # after the run's own tags: ours wins
                         | {f"params.{k}": v for k, v in r.data.params.items()}
                         | {f"metrics.{k}": v for k, v in r.data.metrics.items()})
         token = page.token
@@ -125,8 +125,10 @@ def _config_columns(runs: pd.DataFrame) -> list[str]:
 
 def deduplicate(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """Keep the newest run of each identical (config, seed, data): a re-launched sweep repeats runs, and a
-    repeat is not an independent replicate — counting it would shrink the std."""
-    ids = ["tags.strategy", "tags.model", "tags.dataset", "tags.seed", "tags.data_fingerprint", "params.seed"]
+    repeat is not an independent replicate — counting it would shrink the std. The same run in two experiments
+    of one report is two runs: the experiment is a group key."""
+    ids = ["tags.strategy", "tags.model", "tags.dataset", "tags.seed", "tags.data_fingerprint", "params.seed",
+           "tags.experiment"]
     cols = [c for c in _config_columns(runs) + ids if c in runs]
     if not cols:
         return runs, 0
@@ -142,15 +144,28 @@ def column_of(runs: pd.DataFrame, key: str) -> str:
     raise ReportError(f"'{key}' is neither a tag nor a param of these runs (--group-by, --where)")
 
 
+SPELLINGS = {"null": "None", "~": "None", "true": "True", "false": "False"}  # Hydra's -> as params are logged
+
+
 def where(runs: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:
-    """Only the runs meeting every condition, KEY=VALUE or KEY!=VALUE, compared as text (a param a run did
-    not log reads as '—'; data.train_size=None is the full training set)."""
+    """Only the runs meeting every condition, KEY=VALUE or KEY!=VALUE, compared as logged text; Hydra's
+    spellings count too (data.train_size=null is the full training set, logged as None). A key a run did not
+    log reads as its neutral value if it has one (identity.NEUTRAL: such options are logged only when set),
+    else as '—'."""
     for cond in conditions:
         key, op, value = cond.partition("!=") if "!=" in cond else cond.partition("=")
-        if not op or not key.strip():
-            raise ReportError(f"--where '{cond}': write KEY=VALUE or KEY!=VALUE, e.g. data.train_size=None")
-        text = runs[column_of(runs, key.strip())].fillna("—").astype(str)
-        runs = runs[(text == value.strip()) if op == "=" else (text != value.strip())]
+        key, value = key.strip(), value.strip()
+        if not op or not key:
+            raise ReportError(f"--where '{cond}': write KEY=VALUE or KEY!=VALUE, e.g. data.train_size=null")
+        value = SPELLINGS.get(value.lower(), value)
+        try:
+            logged = runs[column_of(runs, key)]
+        except ReportError:
+            if key not in NEUTRAL:
+                raise
+            logged = pd.Series(np.nan, index=runs.index, dtype=object)  # no run set it: all neutral
+        text = logged.fillna(str(NEUTRAL[key]) if key in NEUTRAL else "—").astype(str)
+        runs = runs[(text == value) if op == "=" else (text != value)]
     if runs.empty:
         raise ReportError(f"no finished runs meet --where {' '.join(conditions)}")
     return runs.reset_index(drop=True)
@@ -479,54 +494,68 @@ def grid(table: pd.DataFrame, pairs: pd.DataFrame, axis: str, series: list[str])
 
 
 def against_reference(table: pd.DataFrame, pairs: pd.DataFrame, axis: str, series: list[str],
-                      reference: str) -> tuple[str, dict[str, str]] | None:
+                      reference: str) -> tuple[str | None, str | None]:
     """Every series against the reference series (say, the baseline) at each value of the axis: the accuracy
-    difference in points and McNemar's verdict. A series overtakes the reference from the smallest value at
-    which it is significantly more accurate and stays so at every larger value where both ran. None when no
-    single series is the reference (its name, or one part of a `a · b` name)."""
+    difference in points (of the mean over seeds) and McNemar's verdict (on the majority votes). A series
+    overtakes the reference from the smallest value at which it is significantly more accurate and stays so
+    at every larger value where it ran; one untested there (other data) leaves the claim open. Returns the
+    markdown table (None if there is nothing to compare) and a note when the reference is not one series."""
     names = table.apply(lambda r: series_name(r, series), axis=1)
     matches = sorted({n for n in names if reference in (n, *n.split(" · "))})
     if len(matches) != 1:
-        return None
+        return None, (f"--reference '{reference}' matches {len(matches)} series along {axis}"
+                      + (f" ({', '.join(matches)}): name one in full" if matches else ""))
     ref = table[names == matches[0]].set_index(axis)
     tests = {frozenset((r["a"], r["b"])): r for r in pairs.to_dict("records")}
     values = [v for v in sorted(table[axis].unique(), key=_natural) if v in ref.index]
-    rows, overtakes = [], {}
+    show = lambda v: "all" if str(v) == "None" else str(v)  # noqa: E731 — train_size=None: the whole train set
+    key = " / ".join(series) or "group"
+    rows = []
     for name in dict.fromkeys(n for n in names if n != matches[0]):
         mine = table[names == name].set_index(axis)
-        row, wins = {" / ".join(series) or "group": name}, []
+        row, wins = {key: name}, []  # wins: (value, True / False / None = not tested)
         for v in values:
-            short = f"{axis.rsplit('.', 1)[-1]}={v}"
+            col = f"{axis.rsplit('.', 1)[-1]}={v}"
             if v not in mine.index:
-                row[short] = "—"
+                row[col] = "—"
                 continue
             a, b = mine.loc[v, "group"], ref.loc[v, "group"]
             delta = f"{100 * (mine.loc[v, 'acc_mean'] - ref.loc[v, 'acc_mean']):+.1f}"
             t = tests.get(frozenset((a, b)))
             if t is None:
-                row[short], win = f"{delta} ?", None
+                row[col], win = f"{delta} ?", None
             else:
-                mine_right = t["only_a_right"] if t["a"] == a else t["only_b_right"]
-                ref_right = t["only_b_right"] if t["a"] == a else t["only_a_right"]
+                mine_right, ref_right = ((t["only_a_right"], t["only_b_right"]) if t["a"] == a
+                                         else (t["only_b_right"], t["only_a_right"]))
                 win = bool(t["significant"]) and mine_right > ref_right
-                lose = bool(t["significant"]) and mine_right < ref_right
-                mark = "▲" if win else "▼" if lose else "≈"
-                row[short] = f"{delta} {mark} (p {t['p_holm']:.2g})"
+                mark = "▲" if win else "▼" if t["significant"] and mine_right < ref_right else "≈"
+                row[col] = f"{delta} {mark} (p {t['p_holm']:.2g})"
             wins.append((v, win))
-        tested = [(v, w) for v, w in wins if w is not None]
-        first = None
-        for i, (v, _) in enumerate(tested):
-            if all(w for _, w in tested[i:]):
-                first = v
-                break
-        overtakes[name] = ("not tested" if not tested else f"from {first}" if first is not None
-                           else "never (in the range run)")
-        row["overtakes"] = overtakes[name]
+        row["overtakes"] = overtaken(wins, show)
         rows.append(row)
-    return (markdown_table(pd.DataFrame(rows)), overtakes) if rows else None
+    if not rows or all(all(row[k] == "—" for k in row if k not in (key, "overtakes")) for row in rows):
+        return None, None  # no series ran at any of the reference's values (a layer probe's baseline)
+    return markdown_table(pd.DataFrame(rows)), None
 
 
-def render(report: Report, experiment: str, parent_run_id: str | None, images: list[Path]) -> str:
+def overtaken(wins: list[tuple], show) -> str:
+    """'from V' for the smallest V from which every result is a significant win (at least two values run),
+    else why not. wins: (value, True = significantly better / False = not / None = not tested), in order."""
+    if not wins:
+        return "—"
+    if len(wins) == 1:
+        return f"ran at {show(wins[0][0])} only"
+    for i, (v, _) in enumerate(wins):
+        rest = [w for _, w in wins[i:]]
+        if all(rest):
+            return f"from {show(v)}"
+        if False in rest:
+            continue
+        return f"open: not tested at {', '.join(show(u) for u, w in wins[i:] if w is None)}"
+    return "never (in the range run)"
+
+
+def render(report: Report, experiment: str | list[str], parent_run_id: str | None, images: list[Path]) -> str:
     t = report.table
     shown = pd.DataFrame({k: t[k] for k in report.group_by})
     shown["runs"] = t["runs"]
@@ -540,7 +569,9 @@ def render(report: Report, experiment: str, parent_run_id: str | None, images: l
     shown["inference (ex/s)"] = t["examples_per_s_mean"].map(_num) + star
     shown["Pareto"] = ["params+time" if a and b else "params" if a else "time" if b else ""
                        for a, b in zip(t["pareto_params"], t["pareto_time"], strict=True)]
-    scope = f"experiment `{experiment}`" + (f", children of run `{parent_run_id}`" if parent_run_id else "")
+    names = [experiment] if isinstance(experiment, str) else experiment
+    scope = (f"experiment `{names[0]}`" if len(names) == 1 else "experiments " + ", ".join(f"`{n}`" for n in names)) \
+        + (f", children of run `{parent_run_id}`" if parent_run_id else "")
     parts = [f"# Comparison: {scope}", "",
              f"{int(t['runs'].sum())} finished runs, grouped by {', '.join(report.group_by)}. "
              f"Accuracy and macro-F1 on the test set: mean ± sample std over runs ({t.attrs.get('over', 'seeds')}); train time and "
@@ -554,18 +585,23 @@ def render(report: Report, experiment: str, parent_run_id: str | None, images: l
     axes = [k for k in report.group_by if k not in TAGS and t[k].nunique() > 1]
     if len(axes) == 1:  # one sweep axis (train size, layers): the table as a grid, with the tests' verdicts
         axis = axes[0]
+        series = [k for k in report.group_by if k != axis]
         parts += [f"## Along {axis}", "",
                   f"Test accuracy (%), mean ± std over each group's runs. Bold: the most accurate group at each "
                   f"{axis}; ≈: McNemar does not tell it from that one (Holm p ≥ {ALPHA}); ?: not tested against "
                   "it (other data); unmarked: significantly less accurate.", "",
-                  grid(t, report.pairs, axis, [k for k in report.group_by if k != axis]), ""]
-        against = against_reference(t, report.pairs, axis, [k for k in report.group_by if k != axis], report.reference)
+                  grid(t, report.pairs, axis, series), ""]
+        against, note = against_reference(t, report.pairs, axis, series, report.reference)
+        absent_default = report.reference == "baseline" and note is not None and "matches 0" in note
+        if note and not absent_default:  # a sweep without a baseline (a layer probe) needs no note
+            report.notes.append(note)
         if against is not None:
             parts += [f"## Against {report.reference}", "",
-                      f"Accuracy difference from {report.reference} in points at each {axis}. ▲: significantly "
-                      f"more accurate (McNemar, Holm p < {ALPHA}); ▼: significantly less; ≈: not separable; ?: not "
-                      f"tested (other data). Overtakes: the smallest {axis} from which it is significantly more "
-                      f"accurate at every larger one run.", "", against[0], ""]
+                      f"Accuracy difference from {report.reference} at each {axis}, in points of the mean over "
+                      f"seeds. ▲: significantly more accurate (McNemar on the majority votes, Holm p < {ALPHA}); "
+                      "▼: significantly less; ≈: not separable; ?: not tested (other data); —: not run. Overtakes: "
+                      f"the smallest {axis} from which it is significantly more accurate at every larger one run "
+                      "(all: the whole training set).", "", against, ""]
     parts += ["## Significance", "", SIGNIFICANCE_METHOD, ""]
     p = report.pairs
     if len(p):
@@ -587,7 +623,7 @@ def render(report: Report, experiment: str, parent_run_id: str | None, images: l
 
 
 # ----------------------------------------------------------------------------- the whole report
-def build_report(experiment: str, tracking_uri: str = "sqlite:///mlflow.db",
+def build_report(experiment: str | list[str], tracking_uri: str = "sqlite:///mlflow.db",
                  out_dir: str | Path = "comparison", parent_run_id: str | None = None, group_by: list[str] | None = None,
                  reference: str = "baseline", conditions: list[str] | None = None) -> Report:
     """Read the runs, write table/plots/significance to out_dir, and log them to the parent run if given.
@@ -611,11 +647,12 @@ def build_report(experiment: str, tracking_uri: str = "sqlite:///mlflow.db",
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    title = experiment if isinstance(experiment, str) else " + ".join(experiment)
     images = [
         plot_pareto(table, "trainable_params", "pareto_params", "trainable parameters (log)",
-                    out / "pareto_params.png", f"{experiment}: test accuracy vs trainable parameters"),
+                    out / "pareto_params.png", f"{title}: test accuracy vs trainable parameters"),
         plot_pareto(table, "train_time_s_mean", "pareto_time", "train time, s (log)",
-                    out / "pareto_time.png", f"{experiment}: test accuracy vs train time"),
+                    out / "pareto_time.png", f"{title}: test accuracy vs train time"),
     ]
     others = lambda axis: [k for k in group_by if k != axis]  # noqa: E731 — the series of a sweep plot
     if TRAIN_SIZE in group_by and table["train_examples_mean"].nunique() > 1:  # x = the real count
@@ -656,7 +693,8 @@ def main(argv: list[str] | None = None) -> int:
                    "other one is tested against, and said to overtake (default: %(default)s)")
     args = p.parse_args(argv)
     try:
-        report = build_report(args.experiment, args.tracking_uri, args.out, args.parent_run_id,
+        names = [e.strip() for e in args.experiment.split(",") if e.strip()]
+        report = build_report(names[0] if len(names) == 1 else names, args.tracking_uri, args.out, args.parent_run_id,
                               parse_group_by(args.group_by), args.reference, args.where)
     except ReportError as e:
         p.exit(2, f"error: {e}\n")

@@ -266,10 +266,10 @@ PAD_MULTIPLE = 8  # a padded batch's length is rounded up to a multiple of this 
 def pad_batch(tokenizer, items: Sequence[dict], max_length: int | None = None) -> dict[str, torch.Tensor]:
     """Host tensors of a batch padded to its own longest member. Given max_length (what the texts were cut
     at), a batch that needs padding at all is padded further, to a multiple of PAD_MULTIPLE but never past
-    max_length (prompt tuning's positions count on it). Why round: on CPU, oneDNN builds and caches a kernel
-    (primitive) per matmul shape, so each new length cost a build and kept its memory; with lengths in steps
-    of 8 a MiniLM fine-tuning epoch on 400 reviews peaked at 1.5 GB instead of 2.1 GB. A batch of equal
-    lengths (say, all cut at max_length) stays exact and unpadded."""
+    max_length (prompt tuning's positions count on it); never below the longest member, whatever max_length
+    says. Why round: on CPU, oneDNN builds and caches a kernel (primitive) per matmul shape, so each new length
+    costs a build and keeps its memory; with lengths in steps of 8 there are fewer (benchmarks/bench_pad.py).
+    A batch of equal lengths (say, all cut at max_length) stays exact and unpadded."""
     items = list(items)
     lengths = {len(x["input_ids"]) for x in items}
     if max_length is None or len(lengths) == 1:

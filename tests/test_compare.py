@@ -293,23 +293,35 @@ def test_grid_along_the_axis_marks_what_mcnemar_separates(store, tmp_path):
 
 def test_against_the_baseline_names_where_each_strategy_overtakes(store, tmp_path):
     """embed is significantly worse than the baseline at 100 labels and significantly better from 200 on:
-    it overtakes from 200. lora (no run at 100) is never separable from it: never. Differences in points."""
+    it overtakes from 200. lora (no run at 100) is never separable from it: never. freeze wins at 200 but was
+    scored on other data at 300: open. Measured against embed instead, the baseline wins, then loses: never."""
     exp = experiment(store, "overtake")
     wrong = {(100, "baseline"): (), (100, "embed"): range(10),
-             (200, "baseline"): range(10), (200, "embed"): (), (200, "lora"): range(8),
-             (300, "baseline"): range(10), (300, "embed"): (), (300, "lora"): range(8)}
+             (200, "baseline"): range(10), (200, "embed"): (), (200, "lora"): range(8), (200, "freeze"): (),
+             (300, "baseline"): range(10), (300, "embed"): (), (300, "lora"): range(8), (300, "freeze"): ()}
     for (size, strategy), w in wrong.items():
-        log_run(store, exp, strategy, 0, 1 - len(w) / N, fingerprint=f"fp{size}", data_train_size=size,
-                params={"data.train_size": size}, preds=predictions(wrong=w))
-    report = compare.build_report("overtake", store[1], tmp_path / "overtake")
-    md = report.markdown
-    against = md.split("## Against baseline")[1].split("##")[0].splitlines()
-    embed = next(line for line in against if line.startswith("| embed |"))
-    assert "-50.0 ▼" in embed and embed.count("+50.0 ▲") == 2 and embed.endswith("| from 200 |")
-    lora = next(line for line in against if line.startswith("| lora | — |"))
-    assert lora.count("+10.0 ≈") == 2 and lora.endswith("| never (in the range run) |")
-    # no such series: no section
-    assert "## Against" not in compare.build_report("overtake", store[1], tmp_path / "o2", reference="svm").markdown
+        other = strategy == "freeze" and size == 300
+        log_run(store, exp, strategy, 0, 1 - len(w) / N, fingerprint="other" if other else f"fp{size}",
+                data_train_size=size, params={"data.train_size": size}, preds=predictions(wrong=w))
+
+    def rows(reference):
+        md = compare.build_report("overtake", store[1], tmp_path / reference, reference=reference).markdown
+        section = md.split(f"## Against {reference}")[1].split("##")[0].splitlines()
+        return {line.split(" | ")[0].removeprefix("| "): line for line in section if line.startswith("| ")}
+
+    against = rows("baseline")
+    assert "-50.0 ▼" in against["embed"] and against["embed"].count("+50.0 ▲") == 2
+    assert against["embed"].endswith("| from 200 |")
+    assert against["lora"].startswith("| lora | — |") and against["lora"].count("+10.0 ≈") == 2
+    assert against["lora"].endswith("| never (in the range run) |")
+    assert "+50.0 ▲" in against["freeze"] and "+50.0 ?" in against["freeze"]
+    assert against["freeze"].endswith("| open: not tested at 300 |")
+    against = rows("embed")  # the reference is now the second of each pair: the verdicts turn round
+    assert "+50.0 ▲" in against["baseline"] and against["baseline"].count("-50.0 ▼") == 2
+    assert against["baseline"].endswith("| never (in the range run) |")
+    # no such series: no section, and a note says so
+    md = compare.build_report("overtake", store[1], tmp_path / "o2", reference="svm").markdown
+    assert "## Against" not in md and "--reference 'svm' matches 0 series" in md
 
 
 def test_several_experiments_and_where(store, tmp_path):
@@ -322,17 +334,38 @@ def test_several_experiments_and_where(store, tmp_path):
     for seed in (0, 1):
         log_run(store, tuned, "baseline", seed, 0.9, fingerprint="fpNone",
                 params={"data.train_size": "None", "classifier.C": "4.0"}, preds=predictions(wrong=range(2)))
-    report = compare.build_report("curve, curve_tuned", store[1], tmp_path / "both",
-                                  conditions=["data.train_size=None"])
+    report = compare.build_report(["curve", "curve_tuned"], store[1], tmp_path / "both",
+                                  conditions=["data.train_size=null"])
     t = report.table.set_index("group")
     assert report.group_by == ["strategy", "experiment"]
     assert t.loc["baseline · curve", "runs"] == 1 and t.loc["baseline · curve_tuned", "runs"] == 2
     (pair,) = report.pairs.to_dict("records")
     assert {pair["a"], pair["b"]} == {"baseline · curve", "baseline · curve_tuned"} and pair["n"] == N
-    assert report.markdown.startswith("# Comparison: experiment `curve, curve_tuned`")
+    assert report.markdown.startswith("# Comparison: experiments `curve`, `curve_tuned`")
+    # without --where: a learning curve of two series; "baseline" names both, "curve" one (ran at one size)
+    md = compare.build_report(["curve", "curve_tuned"], store[1], tmp_path / "all").markdown
+    assert "'baseline' matches 2 series along data.train_size (baseline · curve, baseline · curve_tuned)" in md
+    md = compare.build_report(["curve", "curve_tuned"], store[1], tmp_path / "ref", reference="curve").markdown
+    assert "| baseline · curve_tuned | — | +20.0 ≈ (p 0.12) | ran at all only |" in md
     kept = compare.build_report("curve", store[1], tmp_path / "small", conditions=["data.train_size!=None"]).table
     assert kept["runs"].sum() == 1 and kept["train_examples_mean"].iloc[0] == 320
     for bad, match in ((["data.train_size"], "KEY=VALUE"), (["nonsense=1"], "neither a tag nor a param"),
                        (["data.train_size=7"], "no finished runs meet")):
         with pytest.raises(compare.ReportError, match=match):
             compare.build_report("curve", store[1], tmp_path / "bad", conditions=bad)
+
+
+def test_where_reads_hydra_spellings_and_neutral_options(store, tmp_path):
+    """--where takes Hydra's null/true/false; an option logged only when set (identity.NEUTRAL) reads as its
+    neutral value where a run did not log it; the same run in two experiments is two runs, not a repeat."""
+    a, b = experiment(store, "where_a"), experiment(store, "where_b")
+    log_run(store, a, "finetune", 0, 0.8, params={"data.train_size": "None"}, preds=predictions())
+    log_run(store, a, "finetune", 0, 0.7, params={"data.train_size": "None", "strategy.gradual_unfreeze": "True"})
+    log_run(store, b, "finetune", 0, 0.8, params={"data.train_size": "None"}, preds=predictions())
+    def kept(names, *conditions):
+        return compare.build_report(names, store[1], tmp_path / "w", conditions=list(conditions)).table["runs"].sum()
+    assert kept("where_a", "data.train_size=null", "strategy.gradual_unfreeze=false") == 1
+    assert kept("where_a", "strategy.gradual_unfreeze=true") == 1
+    assert kept("where_a", "strategy.gradual_unfreeze!=False") == 1
+    assert kept("where_a", "data.test_seed=null") == 2  # logged by no run: neutral everywhere
+    assert kept(["where_a", "where_b"], "strategy.gradual_unfreeze=false") == 2  # not deduplicated away
