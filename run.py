@@ -7,6 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from experiments.runner import run
+from strategies import distributed
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -20,4 +21,6 @@ if __name__ == "__main__":
     # (SweepSummary's exit hook) and jobs left behind KILLED; a relaunch continues (skip_finished, resume).
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if distributed.launched():  # a torchrun worker: see exit_without_finalizing for the abort it avoids
+        distributed.exit_without_finalizing(main)
     main()

@@ -9,10 +9,14 @@ what the single-process code did (world size 1)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
+import sys
+import traceback
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -44,6 +48,36 @@ def setup(device: str = "auto") -> None:
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_without_finalizing(main: Callable[[], object]) -> NoReturn:
+    """main(), then the process ends as Python would (atexit handlers, flushed streams, exit status) but skips
+    interpreter finalization. A torchrun worker needs this: gloo's worker threads drop each finished
+    collective's tensors a moment after wait() returns, which takes the GIL, and a drop that meets a
+    finalizing interpreter aborts the process (SIGABRT, "terminate called without an active exception": in
+    about half the 2-rank launches here, after all the work was done). destroy_process_group() does not stop
+    those threads, since torch.distributed.fsdp (imported by transformers' from_pretrained) keeps references
+    to the group; nothing left to do after atexit needs finalization."""
+    code: int = 0
+    try:
+        main()
+    except SystemExit as e:  # sys.exit(n), sys.exit("message"), or Hydra's exit after an error
+        if isinstance(e.code, int) or e.code is None:
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = 130  # as a shell reports Ctrl-C
+    except BaseException:  # noqa: BLE001 - what Python prints for an uncaught exception, and its exit status
+        traceback.print_exc()
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def rank() -> int:

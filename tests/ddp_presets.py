@@ -54,4 +54,4 @@ def main(out: Path, model: str, presets: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3:])
+    ddp.exit_without_finalizing(lambda: main(Path(sys.argv[1]), sys.argv[2], sys.argv[3:]))

@@ -175,3 +175,31 @@ def test_every_preset_predicts_the_same_on_two_ranks(name, presets_on_two_ranks,
           max(float(np.abs(two[s] - one[s]).max()) for s in ("val", "test")))
     for split in ("val", "test"):
         np.testing.assert_allclose(two[split], one[split], atol=PROBA_TOL, err_msg=f"{name} {split}")
+
+
+# ----------------------------------------------------------------------------- process exit
+EXIT_SCRIPT = """
+import atexit, sys
+from strategies import distributed
+atexit.register(lambda: print("atexit ran", end=""))  # unflushed: os._exit would lose it
+print("work done", end="")
+how = sys.argv[1]
+def main():
+    if how == "message": sys.exit("error: a one-line message")
+    if how == "status": sys.exit(3)
+    if how == "raise": raise RuntimeError("boom")
+distributed.exit_without_finalizing(main)
+print("never reached")
+"""
+
+
+@pytest.mark.parametrize("how, status", [("ok", 0), ("message", 1), ("status", 3), ("raise", 1)])
+def test_exit_without_finalizing_ends_as_python_would(how, status):
+    """A torchrun worker skips interpreter finalization (where gloo's threads abort it) but keeps what a
+    normal exit gives: the exit status, the error message or traceback, atexit handlers and flushed output."""
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, how], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == status, done.stderr
+    assert done.stdout == "work doneatexit ran"
+    assert ("error: a one-line message" in done.stderr) == (how == "message")
+    assert ("RuntimeError: boom" in done.stderr) == (how == "raise")
