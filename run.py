@@ -23,4 +23,5 @@ if __name__ == "__main__":
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if distributed.launched():  # a torchrun worker: see exit_without_finalizing for the abort it avoids
         distributed.exit_without_finalizing(main)
-    main()
+    else:
+        main()

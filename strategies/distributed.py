@@ -13,8 +13,9 @@ import atexit
 import contextlib
 import datetime
 import os
+import signal
 import sys
-import traceback
+import threading
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -51,33 +52,35 @@ def teardown() -> None:
 
 
 def exit_without_finalizing(main: Callable[[], object]) -> NoReturn:
-    """main(), then the process ends as Python would (atexit handlers, flushed streams, exit status) but skips
-    interpreter finalization. A torchrun worker needs this: gloo's worker threads drop each finished
-    collective's tensors a moment after wait() returns, which takes the GIL, and a drop that meets a
-    finalizing interpreter aborts the process (SIGABRT, "terminate called without an active exception": in
-    about half the 2-rank launches here, after all the work was done). destroy_process_group() does not stop
-    those threads, since torch.distributed.fsdp (imported by transformers' from_pretrained) keeps references
-    to the group; nothing left to do after atexit needs finalization."""
-    code: int = 0
+    """main(), then the process ends as Python would (threads joined, atexit handlers, flushed streams, exit
+    status) but skips the interpreter's final teardown. A torchrun worker needs this: gloo's worker threads
+    drop each finished collective's tensors a moment after wait() returns, which takes the GIL, and a drop
+    that meets a finalizing interpreter aborts the process (SIGABRT, "terminate called without an active
+    exception"; 4 of 10 2-rank launches here, after all the work was done). destroy_process_group() cannot
+    prevent it: once torch.distributed.fsdp is imported (transformers' from_pretrained does), the group and
+    its threads survive it."""
+    interrupted = False
     try:
         main()
+        code = 0
     except SystemExit as e:  # sys.exit(n), sys.exit("message"), or Hydra's exit after an error
-        if isinstance(e.code, int) or e.code is None:
+        if e.code is None or isinstance(e.code, int):
             code = e.code or 0
         else:
             print(e.code, file=sys.stderr)
             code = 1
-    except KeyboardInterrupt:
-        traceback.print_exc()
-        code = 130  # as a shell reports Ctrl-C
-    except BaseException:  # noqa: BLE001 - what Python prints for an uncaught exception, and its exit status
-        traceback.print_exc()
-        code = 1
-    atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001 - printed and reported as Python does for an uncaught exception
+        sys.excepthook(*sys.exc_info())
+        code, interrupted = 1, isinstance(sys.exc_info()[1], KeyboardInterrupt)
+    threading._shutdown()  # what Python's exit does first: wait for non-daemon threads
+    atexit._run_exitfuncs()  # MLflow's end of run, logging.shutdown, tqdm, multiprocessing
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    os._exit(code)
+    if interrupted:  # as Python ends after Ctrl-C: killed by SIGINT, which torchrun and shells report as such
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(code & 0xFF)
 
 
 def rank() -> int:

@@ -179,27 +179,36 @@ def test_every_preset_predicts_the_same_on_two_ranks(name, presets_on_two_ranks,
 
 # ----------------------------------------------------------------------------- process exit
 EXIT_SCRIPT = """
-import atexit, sys
+import atexit, sys, threading, time
 from strategies import distributed
-atexit.register(lambda: print("atexit ran", end=""))  # unflushed: os._exit would lose it
-print("work done", end="")
+class Finalized:
+    def __del__(self): print(" finalized", end="")  # runs in the interpreter's teardown, which is skipped
+kept = Finalized()
+atexit.register(lambda: print(" atexit", end=""))  # unflushed: an os._exit before the flush would lose it
+threading.Thread(target=lambda: (time.sleep(0.2), print(" thread", end=""))).start()  # not a daemon: waited for
 how = sys.argv[1]
 def main():
     if how == "message": sys.exit("error: a one-line message")
     if how == "status": sys.exit(3)
+    if how == "none": sys.exit(None)
     if how == "raise": raise RuntimeError("boom")
+    if how == "interrupt": raise KeyboardInterrupt
+print("work", end="")
 distributed.exit_without_finalizing(main)
 print("never reached")
 """
 
 
-@pytest.mark.parametrize("how, status", [("ok", 0), ("message", 1), ("status", 3), ("raise", 1)])
+@pytest.mark.parametrize("how, status", [("ok", 0), ("none", 0), ("message", 1), ("status", 3), ("raise", 1),
+                                         ("interrupt", -signal.SIGINT)])
 def test_exit_without_finalizing_ends_as_python_would(how, status):
-    """A torchrun worker skips interpreter finalization (where gloo's threads abort it) but keeps what a
-    normal exit gives: the exit status, the error message or traceback, atexit handlers and flushed output."""
+    """A torchrun worker skips the interpreter's teardown (where gloo's threads abort it) but keeps what a
+    normal exit gives: the exit status, the error message or traceback once, threads joined, atexit handlers
+    and flushed output."""
     done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, how], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == status, done.stderr
-    assert done.stdout == "work doneatexit ran"
-    assert ("error: a one-line message" in done.stderr) == (how == "message")
-    assert ("RuntimeError: boom" in done.stderr) == (how == "raise")
+    assert done.stdout == "work thread atexit"  # and not " finalized"
+    assert done.stderr.count("error: a one-line message") == (how == "message")
+    assert done.stderr.count("RuntimeError: boom") == (how == "raise")
+    assert done.stderr.count("KeyboardInterrupt") == (how == "interrupt")
