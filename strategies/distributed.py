@@ -56,7 +56,7 @@ def exit_without_finalizing(main: Callable[[], object]) -> NoReturn:
     status) but skips the interpreter's final teardown. A torchrun worker needs this: gloo's worker threads
     drop each finished collective's tensors a moment after wait() returns, which takes the GIL, and a drop
     that meets a finalizing interpreter aborts the process (SIGABRT, "terminate called without an active
-    exception"; 4 of 10 2-rank launches here, after all the work was done). destroy_process_group() cannot
+    exception"; 4 of 10 2-rank launches on a 2-CPU machine, after all the work was done). destroy_process_group() cannot
     prevent it: once torch.distributed.fsdp is imported (transformers' from_pretrained does), the group and
     its threads survive it."""
     interrupted = False
