@@ -9,6 +9,11 @@
 #       --out benchmarks/results/imdb_full-$(date -u +%Y-%m-%dT%H%M)
 #   python -m experiments.compare --experiment imdb_full,imdb_full_tuned --where data.train_size=null \
 #       --tracking-uri sqlite:///$STORE/mlflow.db --out benchmarks/results/imdb_full_table-$(date -u +%Y-%m-%dT%H%M)
+# Each export keeps its runs (runs.csv, predictions.parquet). If the store is lost between pieces, the next
+# piece starts a new one (cheap reference rows such as the baseline rerun in seconds, so each export can test
+# against them), and one report over all the pieces is written from their exports:
+#   python -m experiments.compare --from-export benchmarks/results/imdb_full-A,benchmarks/results/imdb_full-B \
+#       --out benchmarks/results/imdb_full_merged-$(date -u +%Y-%m-%dT%H%M)
 # STEPS picks the steps to run, e.g. STEPS="3 4" for the searches and tuned rows only (default: all, in order).
 set -u
 STEPS=" ${STEPS:-1 2 3 4 5 6 7} "

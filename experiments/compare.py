@@ -5,14 +5,19 @@ paired McNemar test between strategies scored on the same test set.
     python -m experiments.compare --experiment NAME[,NAME…] [--tracking-uri sqlite:///mlflow.db]
                                   [--parent-run-id ID] [--out DIR] [--group-by strategy,data.train_size]
                                   [--where KEY=VALUE …] [--reference baseline]
+    python -m experiments.compare --from-export DIR[,DIR…] [--out DIR] [--group-by …] [--where …]
 
 Writes comparison.md, comparison.csv, significance.csv and PNG plots to --out; with --parent-run-id the same
-files are also logged to that run under report/. `build_report()` is the same thing as a function.
+files are also logged to that run under report/. It also writes the runs it read, runs.csv (tags, params,
+metrics) and predictions.parquet (their test predictions, compact): an export that outlives the MLflow store.
+--from-export rebuilds the report, significance tests included, from one or several such exports, e.g. runs
+of one study made on machines whose stores are gone. `build_report()` is the same thing as a function.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import math
@@ -31,6 +36,7 @@ from .identity import NEUTRAL, NOT_CONFIG
 ALPHA = 0.05
 EXACT_BELOW = 25  # McNemar: exact binomial when b + c < 25, where the chi-square approximation is poor
 PREDICTIONS = "predictions/test_predictions.csv"
+RUNS_FILE, PREDICTIONS_FILE = "runs.csv", "predictions.parquet"  # an export: the report's runs, and their predictions
 TRAIN_SIZE, LAYERS = "data.train_size", "strategy.layers"
 CACHE = "params.runtime.feature_cache"  # hit/partial: the run read encoder features instead of computing them
 TIMINGS = ("train_time_s", "examples_per_s")
@@ -290,47 +296,126 @@ def majority_vote(frames: list[pd.DataFrame]) -> np.ndarray:
     return np.asarray(labels)[score.argmax(1)]
 
 
-def _load_predictions(client, run_id: str, tmp: Path) -> pd.DataFrame | None:
-    try:
-        path = client.download_artifacts(run_id, PREDICTIONS, str(tmp / run_id))
-    except Exception:  # mlflow raises several types for a missing artifact (save_predictions=false)
-        return None
-    return pd.read_csv(path, dtype={"true": str, "pred": str}, keep_default_na=False)
+def examples_digest(texts) -> str:
+    """Which test examples, in which order: two runs pair only if their predictions list the same ones."""
+    return hashlib.sha256("\n".join(map(str, texts)).encode()).hexdigest()[:16]
 
 
-def significance(client, runs: pd.DataFrame, table: pd.DataFrame,
+class MlflowPredictions:
+    """A run's test predictions (true, pred, prob_*) from its MLflow artifact, downloaded once, with the digest
+    of its examples' texts in attrs["examples"] (the texts themselves are not kept: 25,000 reviews a run).
+    None where the run saved none (save_predictions=false)."""
+
+    def __init__(self, client, tmp: Path):
+        self.client, self.tmp, self.cache = client, tmp, {}
+
+    def __call__(self, run_id: str) -> pd.DataFrame | None:
+        if run_id not in self.cache:
+            try:
+                path = self.client.download_artifacts(run_id, PREDICTIONS, str(self.tmp / run_id))
+            except Exception:  # mlflow raises several types for a missing artifact
+                self.cache[run_id] = None
+            else:
+                frame = pd.read_csv(path, dtype={"true": str, "pred": str, "text": str}, keep_default_na=False)
+                digest = examples_digest(frame.pop("text"))
+                frame.attrs["examples"] = digest
+                self.cache[run_id] = frame
+                Path(path).unlink()
+        return self.cache[run_id]
+
+
+def write_export(out: Path, runs: pd.DataFrame, load) -> list[Path]:
+    """runs.csv (every run of the report, as read) and predictions.parquet (each run's predicted labels, in
+    test-set order, and its class probabilities, which only break the majority vote's ties: as float16, the
+    last class left empty where they sum to 1). The texts are not copied: a digest of each run's example list
+    (predictions_sha256) pairs runs instead. About 50 kB a run for 25,000 binary predictions."""
+    frames, digests, columns = [], {}, {}
+    for run_id in runs["run_id"]:
+        f = load(run_id)
+        if f is None:
+            continue
+        digests[run_id] = f.attrs["examples"]
+        probs = f[[c for c in f if c.startswith("prob_")]].apply(pd.to_numeric)
+        columns[run_id] = "|".join(probs.columns)
+        if probs.shape[1] > 1 and np.allclose(probs.sum(axis=1), 1, atol=1e-3):
+            probs.iloc[:, -1] = np.nan  # 1 - the others: read_exports fills it back
+        frames.append(pd.DataFrame({"run_id": run_id, "true": f["true"].astype(str), "pred": f["pred"].astype(str)})
+                      .join(probs.astype("float16")))
+    runs.assign(predictions_sha256=runs["run_id"].map(digests), predictions_probs=runs["run_id"].map(columns)) \
+        .to_csv(out / RUNS_FILE, index=False)
+    files = [out / RUNS_FILE]
+    if frames:
+        cats = {c: "category" for c in ("run_id", "true", "pred")}
+        pd.concat(frames, ignore_index=True).astype(cats).to_parquet(out / PREDICTIONS_FILE, compression="zstd",
+                                                                     index=False)
+        files.append(out / PREDICTIONS_FILE)
+    return files
+
+
+def read_exports(dirs: list[str | Path]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The runs and predictions of one or several exports (write_export), as fetch_runs and a predictions
+    loader give them: a run in several exports counts once, newest first."""
+    runs, preds = [], {}
+    for d in map(Path, dirs):
+        if not (d / RUNS_FILE).is_file():
+            raise ReportError(f"{d} holds no {RUNS_FILE}: export it with `python -m experiments.compare "
+                              f"--experiment NAME --out {d}` (reports written before exports existed have none)")
+        # params are logged text: read every column as text ('None' is a value), then the numbers back
+        frame = pd.read_csv(d / RUNS_FILE, dtype=str, keep_default_na=False, na_values=[""])
+        runs.append(frame)
+        if (d / PREDICTIONS_FILE).is_file():
+            long = pd.read_parquet(d / PREDICTIONS_FILE)
+            meta = frame.set_index("run_id")
+            for run_id, f in long.groupby("run_id", sort=False, observed=True):
+                probs = str(meta.at[run_id, "predictions_probs"]).split("|") if pd.notna(
+                    meta.at[run_id, "predictions_probs"]) else []
+                f = f[["true", "pred", *probs]].reset_index(drop=True).astype(
+                    {"true": str, "pred": str} | {c: "float64" for c in probs})
+                empty = [c for c in probs if f[c].isna().all()]
+                if len(probs) > 1 and empty == probs[-1:]:  # left empty: the probabilities sum to 1
+                    f[probs[-1]] = 1 - f[probs[:-1]].sum(axis=1)
+                f.attrs["examples"] = meta.at[run_id, "predictions_sha256"]
+                preds[str(run_id)] = f
+    runs = pd.concat(runs, ignore_index=True)
+    for col in [c for c in runs if c.startswith("metrics.")] + ["start_time"]:
+        runs[col] = pd.to_numeric(runs[col])
+    runs = runs.sort_values("start_time", ascending=False, kind="stable").drop_duplicates("run_id")
+    return runs.drop(columns=["predictions_sha256", "predictions_probs"]).reset_index(drop=True), preds
+
+
+def significance(load, runs: pd.DataFrame, table: pd.DataFrame,
                  group_by: list[str]) -> tuple[pd.DataFrame, list[str]]:
-    """McNemar between every two groups scored on the same data (equal data_fingerprint), Holm-adjusted."""
+    """McNemar between every two groups scored on the same data (equal data_fingerprint), Holm-adjusted.
+    load: run id -> its predictions (MlflowPredictions, or an export's)."""
     notes: list[str] = []
     cols = [column_of(runs, k) for k in group_by]
     runs = runs.fillna({c: "—" for c in cols})
     keyed = {tuple(map(str, key)): members for key, members in runs.groupby(cols, sort=False)}
-    votes: dict[str, tuple[str, pd.DataFrame, np.ndarray]] = {}  # group -> (fingerprint, examples, vote)
-    with tempfile.TemporaryDirectory() as tmp:
-        for _, row in table.iterrows():
-            members = keyed[tuple(str(row[k]) for k in group_by)]
-            prints = members.get("tags.data_fingerprint", pd.Series(dtype=str)).dropna().unique()
-            if len(prints) != 1:
-                notes.append(f"{row['group']}: not tested (its runs have {len(prints)} data fingerprints)")
-                continue
-            frames = [_load_predictions(client, r, Path(tmp)) for r in members["run_id"]]
-            frames = [f for f in frames if f is not None]
-            if not frames or any(len(f) != len(frames[0]) for f in frames):
-                notes.append(f"{row['group']}: not tested (no or inconsistent {PREDICTIONS})")
-                continue
-            votes[row["group"]] = (prints[0], frames[0][["text", "true"]], majority_vote(frames))
+    votes: dict[str, tuple[str, tuple, np.ndarray]] = {}  # group -> (fingerprint, (examples, true), vote)
+    for _, row in table.iterrows():
+        members = keyed[tuple(str(row[k]) for k in group_by)]
+        prints = members.get("tags.data_fingerprint", pd.Series(dtype=str)).dropna().unique()
+        if len(prints) != 1:
+            notes.append(f"{row['group']}: not tested (its runs have {len(prints)} data fingerprints)")
+            continue
+        frames = [f for f in map(load, members["run_id"]) if f is not None]
+        if not frames or any(len(f) != len(frames[0]) for f in frames):
+            notes.append(f"{row['group']}: not tested (no or inconsistent {PREDICTIONS})")
+            continue
+        votes[row["group"]] = (prints[0], (frames[0].attrs["examples"], frames[0]["true"].to_numpy()),
+                               majority_vote(frames))
 
     rows = []
-    for (ga, (fa, ea, va)), (gb, (fb, eb, vb)) in itertools.combinations(votes.items(), 2):
+    for (ga, (fa, (ea, ta), va)), (gb, (fb, (eb, tb), vb)) in itertools.combinations(votes.items(), 2):
         if fa != fb:
             continue  # different data: not a paired comparison
-        if not ea.equals(eb):  # same fingerprint should mean same rows; refuse rather than misalign
+        if ea != eb or not np.array_equal(ta, tb):  # same fingerprint should mean same rows: refuse to misalign
             notes.append(f"{ga} vs {gb}: not tested (prediction files list different examples)")
             continue
-        ok_a, ok_b = va == ea["true"].to_numpy(), vb == eb["true"].to_numpy()
+        ok_a, ok_b = va == ta, vb == tb
         b, c = int((ok_a & ~ok_b).sum()), int((~ok_a & ok_b).sum())
         p, test = mcnemar(b, c)
-        rows.append({"a": ga, "b": gb, "n": len(ea), "vote_acc_a": ok_a.mean(), "vote_acc_b": ok_b.mean(),
+        rows.append({"a": ga, "b": gb, "n": len(ta), "vote_acc_a": ok_a.mean(), "vote_acc_b": ok_b.mean(),
                      "only_a_right": b, "only_b_right": c, "test": test, "p": p})
     untested = [g for g in votes if not any(g in (r["a"], r["b"]) for r in rows)]
     if untested and len(votes) > 1:
@@ -623,17 +708,39 @@ def render(report: Report, experiment: str | list[str], parent_run_id: str | Non
 
 
 # ----------------------------------------------------------------------------- the whole report
-def build_report(experiment: str | list[str], tracking_uri: str = "sqlite:///mlflow.db",
+def build_report(experiment: str | list[str] | None, tracking_uri: str = "sqlite:///mlflow.db",
                  out_dir: str | Path = "comparison", parent_run_id: str | None = None, group_by: list[str] | None = None,
-                 reference: str = "baseline", conditions: list[str] | None = None) -> Report:
-    """Read the runs, write table/plots/significance to out_dir, and log them to the parent run if given.
-    reference: along a sweep axis, the series every other one is measured against (its name or a part of it).
-    conditions: keep only the runs meeting each KEY=VALUE / KEY!=VALUE (where())."""
-    from mlflow import MlflowClient
+                 reference: str = "baseline", conditions: list[str] | None = None,
+                 exports: list[str | Path] | None = None) -> Report:
+    """Read the runs, write table/plots/significance (and the export, write_export) to out_dir, and log them
+    to the parent run if given. reference: along a sweep axis, the series every other one is measured against
+    (its name or a part of it). conditions: keep only the runs meeting each KEY=VALUE / KEY!=VALUE (where()).
+    exports: read the runs from these exported report folders instead of MLflow (experiment: None, or the
+    experiments to keep)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if exports:
+            client = None
+            runs, stored = read_exports(exports)
+            names = [experiment] if isinstance(experiment, str) else list(experiment or [])
+            if names:
+                runs = runs[runs["tags.experiment"].isin(names)]
+                if runs.empty:
+                    raise ReportError(f"no run of {', '.join(names)} in {', '.join(map(str, exports))}")
+            experiment = names or sorted(runs["tags.experiment"].dropna().unique())
+            experiment = experiment[0] if len(experiment) == 1 else experiment
+            load = stored.get
+        else:
+            from mlflow import MlflowClient
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run's download
-    client = MlflowClient(tracking_uri=tracking_uri)
-    runs = where(fetch_runs(client, experiment, parent_run_id), list(conditions or []))
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run's download
+            client = MlflowClient(tracking_uri=tracking_uri)
+            runs = fetch_runs(client, experiment, parent_run_id)
+            load = MlflowPredictions(client, Path(tmp))
+        return _report(client, load, experiment, runs, out_dir, parent_run_id, group_by, reference, conditions)
+
+
+def _report(client, load, experiment, runs, out_dir, parent_run_id, group_by, reference, conditions) -> Report:
+    runs = where(runs, list(conditions or []))
     runs, repeats = deduplicate(runs)
     default = default_group_by(runs)
     # a group-by that leaves out a varying param (few_shot_subsets' data.split_seed) pools it with the seeds
@@ -641,7 +748,7 @@ def build_report(experiment: str | list[str], tracking_uri: str = "sqlite:///mlf
     group_by = list(group_by) if group_by else default
     table = build_table(runs, group_by)
     table.attrs["over"] = " and ".join(["seeds", *pooled])  # what the ± spans, for the plots and the text
-    pairs, notes = significance(client, runs, table, group_by)
+    pairs, notes = significance(load, runs, table, group_by)
     if repeats:
         notes.insert(0, f"{repeats} repeated run(s) of an identical config and seed ignored (newest kept)")
 
@@ -669,7 +776,8 @@ def build_report(experiment: str | list[str], tracking_uri: str = "sqlite:///mlf
     (out / "comparison.md").write_text(report.markdown, encoding="utf-8")
     table.to_csv(out / "comparison.csv", index=False)
     pairs.to_csv(out / "significance.csv", index=False)
-    report.files = [out / "comparison.md", out / "comparison.csv", out / "significance.csv", *images]
+    report.files = [out / "comparison.md", out / "comparison.csv", out / "significance.csv", *images,
+                    *write_export(out, runs, load)]
     if parent_run_id:
         for f in report.files:
             client.log_artifact(parent_run_id, str(f), "report")
@@ -678,7 +786,10 @@ def build_report(experiment: str | list[str], tracking_uri: str = "sqlite:///mlf
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--experiment", required=True, help="MLflow experiment name, or several joined by commas")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--experiment", help="MLflow experiment name, or several joined by commas")
+    source.add_argument("--from-export", metavar="DIR[,DIR…]", help="read the runs from these report folders "
+                        f"(their {RUNS_FILE} and {PREDICTIONS_FILE}) instead of an MLflow store")
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                    help="only runs whose tag/param KEY is (=) or is not (!=) VALUE; repeatable, e.g. "
                    "--where data.train_size=None for the full-size runs of a learning curve")
@@ -693,9 +804,13 @@ def main(argv: list[str] | None = None) -> int:
                    "other one is tested against, and said to overtake (default: %(default)s)")
     args = p.parse_args(argv)
     try:
-        names = [e.strip() for e in args.experiment.split(",") if e.strip()]
-        report = build_report(names[0] if len(names) == 1 else names, args.tracking_uri, args.out, args.parent_run_id,
-                              parse_group_by(args.group_by), args.reference, args.where)
+        if args.from_export and args.parent_run_id:
+            raise ReportError("--parent-run-id reads an MLflow store: drop it with --from-export")
+        names = [e.strip() for e in (args.experiment or "").split(",") if e.strip()]
+        exports = [d.strip() for d in (args.from_export or "").split(",") if d.strip()]
+        report = build_report((names[0] if len(names) == 1 else names) or None, args.tracking_uri, args.out,
+                              args.parent_run_id, parse_group_by(args.group_by), args.reference, args.where,
+                              exports)
     except ReportError as e:
         p.exit(2, f"error: {e}\n")
     print(report.markdown)

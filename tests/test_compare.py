@@ -369,3 +369,47 @@ def test_where_reads_hydra_spellings_and_neutral_options(store, tmp_path):
     assert kept("where_a", "strategy.gradual_unfreeze!=False") == 1
     assert kept("where_a", "data.test_seed=null") == 2  # logged by no run: neutral everywhere
     assert kept(["where_a", "where_b"], "strategy.gradual_unfreeze=false") == 2  # not deduplicated away
+
+
+def test_an_export_rebuilds_the_report_without_the_store(store, tmp_path):
+    """The report's runs.csv and predictions.parquet are enough to write the same report again, significance
+    tests and the two seeds' tie-break included, and exports from stores that are gone merge into one report
+    that pairs their runs: one study run in pieces on machines that kept nothing."""
+    exp = experiment(store, "export-a")
+    # 2 seeds disagree on example 0 (neg): the mean probability of pos, 0.525, decides the vote (wrongly);
+    # without probabilities the tie would go to the first label, neg
+    for seed, p0 in ((0, 0.6), (1, 0.45)):
+        preds = predictions(wrong=[0] if p0 > 0.5 else [], probs=[p0] + [0.9 if t == "pos" else 0.1 for t in TRUE[1:]])
+        log_run(store, exp, "finetune", seed, 0.95, params={"data.train_size": "None"}, preds=preds)
+    for size, wrong in (("None", range(9)), ("100", range(4))):
+        log_run(store, exp, "baseline", 0, 1 - len(wrong) / N, model="none", fingerprint="fp" if size == "None" else "fp100",
+                params={"data.train_size": size}, preds=predictions(wrong=wrong))
+    log_run(store, exp, "embed", 0, 0.5, params={"data.train_size": "None"})  # no predictions: a row, untested
+    first = compare.build_report("export-a", store[1], tmp_path / "a")
+    assert {f.name for f in first.files} >= {"runs.csv", "predictions.parquet"}
+    again = compare.build_report(None, out_dir=tmp_path / "again", exports=[tmp_path / "a"])
+    assert again.markdown == first.markdown  # title, table, grid, verdicts and notes alike
+    pd.testing.assert_frame_equal(again.pairs, first.pairs)
+    (pair,) = first.pairs.to_dict("records")
+    assert pair["b"] == "finetune · train_size=None" and pair["vote_acc_b"] == 0.95  # kept through float16
+
+    # a later piece of the study, in a store of its own (here: another experiment, read back by name)
+    log_run(store, experiment(store, "export-b"), "lora", 0, 0.97, params={"data.train_size": "None"},
+            preds=predictions(wrong=[5]))
+    compare.build_report("export-b", store[1], tmp_path / "b")
+    rc = compare.main(["--from-export", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--group-by", "strategy,data.train_size",
+                       "--out", str(tmp_path / "both")])
+    assert rc == 0
+    merged = compare.build_report(None, out_dir=tmp_path / "m", group_by=["strategy", "data.train_size"],
+                                  exports=[tmp_path / "a", tmp_path / "b"], conditions=["data.train_size=null"])
+    pair = merged.pairs.set_index(["a", "b"]).loc[("baseline · train_size=None", "lora · train_size=None")]
+    assert (pair["only_a_right"], pair["only_b_right"]) == (0, 8)  # baseline wrong on 0-8, lora on 5
+    assert merged.table["runs"].sum() == 5  # 2 finetune + baseline + embed + lora: each run once
+    only_b = compare.build_report("export-b", out_dir=tmp_path / "nb", exports=[tmp_path / "a", tmp_path / "b"])
+    assert only_b.table["strategy"].tolist() == ["lora"]
+
+    with pytest.raises(compare.ReportError, match="holds no runs.csv: export it with"):
+        compare.build_report(None, out_dir=tmp_path / "x", exports=[tmp_path])
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--from-export", str(tmp_path / "a"), "--parent-run-id", "abc", "--out", str(tmp_path / "y")])
+    assert e.value.code == 2
