@@ -306,21 +306,20 @@ class MlflowPredictions:
     of its examples' texts in attrs["examples"] (the texts themselves are not kept: 25,000 reviews a run).
     None where the run saved none (save_predictions=false)."""
 
-    def __init__(self, client, tmp: Path):
-        self.client, self.tmp, self.cache = client, tmp, {}
+    def __init__(self, client):
+        self.client, self.cache = client, {}
 
     def __call__(self, run_id: str) -> pd.DataFrame | None:
         if run_id not in self.cache:
-            try:
-                path = self.client.download_artifacts(run_id, PREDICTIONS, str(self.tmp / run_id))
-            except Exception:  # mlflow raises several types for a missing artifact
-                self.cache[run_id] = None
-            else:
+            self.cache[run_id] = None
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    path = self.client.download_artifacts(run_id, PREDICTIONS, tmp)
+                except Exception:  # mlflow raises several types for a missing artifact
+                    return None
                 frame = pd.read_csv(path, dtype={"true": str, "pred": str, "text": str}, keep_default_na=False)
-                digest = examples_digest(frame.pop("text"))
-                frame.attrs["examples"] = digest
-                self.cache[run_id] = frame
-                Path(path).unlink()
+            frame.attrs["examples"] = examples_digest(frame.pop("text"))
+            self.cache[run_id] = frame
         return self.cache[run_id]
 
 
@@ -367,8 +366,8 @@ def read_exports(dirs: list[str | Path]) -> tuple[pd.DataFrame, dict[str, pd.Dat
             long = pd.read_parquet(d / PREDICTIONS_FILE)
             meta = frame.set_index("run_id")
             for run_id, f in long.groupby("run_id", sort=False, observed=True):
-                probs = str(meta.at[run_id, "predictions_probs"]).split("|") if pd.notna(
-                    meta.at[run_id, "predictions_probs"]) else []
+                listed = meta.at[run_id, "predictions_probs"]  # NaN: the run had no probabilities
+                probs = listed.split("|") if isinstance(listed, str) else []
                 f = f[["true", "pred", *probs]].reset_index(drop=True).astype(
                     {"true": str, "pred": str} | {c: "float64" for c in probs})
                 empty = [c for c in probs if f[c].isna().all()]
@@ -717,29 +716,24 @@ def build_report(experiment: str | list[str] | None, tracking_uri: str = "sqlite
     (its name or a part of it). conditions: keep only the runs meeting each KEY=VALUE / KEY!=VALUE (where()).
     exports: read the runs from these exported report folders instead of MLflow (experiment: None, or the
     experiments to keep)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        if exports:
-            client = None
-            runs, stored = read_exports(exports)
-            names = [experiment] if isinstance(experiment, str) else list(experiment or [])
-            if names:
-                runs = runs[runs["tags.experiment"].isin(names)]
-                if runs.empty:
-                    raise ReportError(f"no run of {', '.join(names)} in {', '.join(map(str, exports))}")
-            experiment = names or sorted(runs["tags.experiment"].dropna().unique())
-            experiment = experiment[0] if len(experiment) == 1 else experiment
-            load = stored.get
-        else:
-            from mlflow import MlflowClient
+    if exports:
+        client = None
+        runs, stored = read_exports(exports)
+        names = [experiment] if isinstance(experiment, str) else list(experiment or [])
+        if names:
+            runs = runs[runs["tags.experiment"].isin(names)]
+            if runs.empty:
+                raise ReportError(f"no run of {', '.join(names)} in {', '.join(map(str, exports))}")
+        experiment = names or sorted(runs["tags.experiment"].dropna().unique())
+        experiment = experiment[0] if len(experiment) == 1 else experiment
+        load = stored.get
+    else:
+        from mlflow import MlflowClient
 
-            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run's download
-            client = MlflowClient(tracking_uri=tracking_uri)
-            runs = fetch_runs(client, experiment, parent_run_id)
-            load = MlflowPredictions(client, Path(tmp))
-        return _report(client, load, experiment, runs, out_dir, parent_run_id, group_by, reference, conditions)
-
-
-def _report(client, load, experiment, runs, out_dir, parent_run_id, group_by, reference, conditions) -> Report:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run's download
+        client = MlflowClient(tracking_uri=tracking_uri)
+        runs = fetch_runs(client, experiment, parent_run_id)
+        load = MlflowPredictions(client)
     runs = where(runs, list(conditions or []))
     runs, repeats = deduplicate(runs)
     default = default_group_by(runs)
