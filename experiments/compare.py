@@ -624,7 +624,8 @@ def against_reference(table: pd.DataFrame, pairs: pd.DataFrame, axis: str, serie
 
 def overtaken(wins: list[tuple], show) -> str:
     """'from V' for the smallest V from which every result is a significant win (at least two values run),
-    else why not. wins: (value, True = significantly better / False = not / None = not tested), in order."""
+    else why not; a lead that does not last names where it held, so 'never' means no win anywhere.
+    wins: (value, True = significantly better / False = not / None = not tested), in order."""
     if not wins:
         return "—"
     if len(wins) == 1:
@@ -636,7 +637,8 @@ def overtaken(wins: list[tuple], show) -> str:
         if False in rest:
             continue
         return f"open: not tested at {', '.join(show(u) for u, w in wins[i:] if w is None)}"
-    return "never (in the range run)"
+    ahead = [show(v) for v, w in wins if w]
+    return f"not for good: ahead at {', '.join(ahead)} only" if ahead else "never (in the range run)"
 
 
 def render(report: Report, experiment: str | list[str], parent_run_id: str | None, images: list[Path]) -> str:
