@@ -325,6 +325,18 @@ def test_against_the_baseline_names_where_each_strategy_overtakes(store, tmp_pat
     assert "## Against" not in md and "--reference 'svm' matches 0 series" in md
 
 
+@pytest.mark.parametrize("wins, said", [
+    ([(100, False), (300, True), (1000, True)], "from 300"),
+    ([(100, True), (300, None), (1000, False)], "not for good: ahead at 100 only"),  # a lead, a gap, a loss
+    ([(100, True), (300, True), (None, False)], "not for good: ahead at 100, 300 only"),
+    ([(100, True), (300, None)], "open: not tested at 300"),
+    ([(100, False), (300, False)], "never (in the range run)"),
+    ([(100, True)], "ran at 100 only"),
+])
+def test_overtaken_names_a_lead_only_where_it_held(wins, said):
+    assert compare.overtaken(wins, lambda v: "all" if v is None else str(v)) == said
+
+
 def test_several_experiments_and_where(store, tmp_path):
     """Tuned rows logged to their own experiment join the defaults' full-size runs in one report: the
     experiment becomes a group key, --where keeps the full-size runs, and McNemar pairs across experiments."""
