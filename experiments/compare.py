@@ -687,7 +687,8 @@ def render(report: Report, experiment: str | list[str], parent_run_id: str | Non
                       f"seeds. ▲: significantly more accurate (McNemar on the majority votes, Holm p < {ALPHA}); "
                       "▼: significantly less; ≈: not separable; ?: not tested (other data); —: not run. Overtakes: "
                       f"the smallest {axis} from which it is significantly more accurate at every larger one run "
-                      "(all: the whole training set).", "", against, ""]
+                      "(all: the whole training set); \"not for good\" names where a lead that did not last held.",
+                      "", against, ""]
     parts += ["## Significance", "", SIGNIFICANCE_METHOD, ""]
     p = report.pairs
     if len(p):
