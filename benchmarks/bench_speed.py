@@ -52,7 +52,13 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_gpu import result_stem, write_new  # noqa: E402 — one naming rule for every result file
+from bench_gpu import (  # noqa: E402 — one naming rule for every result file; bench_gpu's random BERT-base
+    build_model_folder,
+    result_stem,
+    slug,
+    tokenizer_source,
+    write_new,
+)
 
 from experiments.bundle import build_strategy  # noqa: E402
 from experiments.config import compose  # noqa: E402
@@ -92,12 +98,19 @@ def subset(path: Path, n: int, seed: int) -> Split:
     return Split(df.text.tolist(), np.array(df.label, dtype=np.int64))  # a writable copy
 
 
+def sync() -> None:
+    """A CUDA timing must wait for the queued kernels; on CPU there is nothing to wait for."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 class Timer:
     def __enter__(self):
         self.load0, self.t0 = os.getloadavg()[0], time.perf_counter()
         return self
 
     def __exit__(self, *exc):
+        sync()
         self.s = time.perf_counter() - self.t0
         self.load = round(max(self.load0, os.getloadavg()[0]), 2)  # flags timings taken on a busy machine
 
@@ -133,16 +146,18 @@ def flops(config, lengths, training: bool = False, term: str = "all") -> float:
     return 3 * total if training else total
 
 
-def matmul_peak(dtype: torch.dtype, sizes=(1024, 2048, 4096), repeats: int = 5) -> dict:
+def matmul_peak(dtype: torch.dtype, sizes=(1024, 2048, 4096), repeats: int = 5, device: str = "cpu") -> dict:
     """The machine's dense matmul rate in GFLOP/s: the best median over square sizes (2·n³ FLOPs each)."""
     rates = {}
     for n in sizes:
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        torch.matmul(a, b)  # warm-up: oneDNN picks its kernel
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        torch.matmul(a, b)  # warm-up: oneDNN (cuBLAS) picks its kernel
+        sync()
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             torch.matmul(a, b)
+            sync()
             times.append(time.perf_counter() - t0)
         rates[n] = 2 * n**3 / float(np.median(times)) / 1e9
     return {"gflops": max(rates.values()), "by_size": rates}
@@ -330,12 +345,17 @@ def part_c(ctx) -> dict:
     return out
 
 
+def as_rows(enc, labels) -> list[dict]:
+    """Tokenised texts as a list of per-example dicts: a dataset Trainer takes (its length-grouped sampler
+    reads each row's input_ids), without the datasets package, which a bare GPU machine may lack."""
+    return [{k: v[i] for k, v in enc.items()} | {"labels": int(y)} for i, y in enumerate(labels)]
+
+
 def trainer_run(ctx, train: Split, *, expert: bool, batch: int, accumulation: int = 1, epochs: int = 1,
                 lr: float = 5e-5, warmup_ratio: float = 0.0, weight_decay: float = 0.0, logging_steps: int = 0,
                 attention_dropout: float | None = None):
     """(setup, run) for a transformers Trainer fine-tuning AutoModelForSequenceClassification. Naive: its
     defaults, every text padded to max_length, fp32. Expert: bf16, length-grouped sampling, dynamic padding."""
-    from datasets import Dataset
     from transformers import (
         AutoModelForSequenceClassification,
         DataCollatorWithPadding,
@@ -345,7 +365,7 @@ def trainer_run(ctx, train: Split, *, expert: bool, batch: int, accumulation: in
 
     tok, L, seed = ctx["tok"], ctx["max_length"], ctx["seed"]
     enc = tok(train.texts, truncation=True, max_length=L, **({} if expert else {"padding": "max_length"}))
-    data = Dataset.from_dict(dict(enc) | {"labels": [int(y) for y in train.labels]})
+    data = as_rows(enc, train.labels)
     out_dir = tempfile.mkdtemp(prefix="bench-trainer-")  # save_strategy="no": nothing is written there
     atexit.register(shutil.rmtree, out_dir, True)
     args = TrainingArguments(
@@ -353,7 +373,7 @@ def trainer_run(ctx, train: Split, *, expert: bool, batch: int, accumulation: in
         gradient_accumulation_steps=accumulation, learning_rate=lr, warmup_steps=float(warmup_ratio),  # v5: a float is a ratio
         weight_decay=weight_decay, report_to=[], save_strategy="no",
         logging_strategy="steps" if logging_steps else "no", logging_steps=logging_steps or 500,
-        disable_tqdm=True, use_cpu=True, seed=seed, per_device_eval_batch_size=32,
+        disable_tqdm=True, use_cpu=ctx["device"].type == "cpu", seed=seed, per_device_eval_batch_size=32,
         **({"bf16": True, "train_sampling_strategy": "group_by_length"} if expert else {}),
     )
     collator = DataCollatorWithPadding(tok) if expert else None
@@ -451,12 +471,11 @@ def parity(ctx, cfg) -> dict:
     setup, run = trainer_run(ctx, train, expert=True, batch=cfg.batch_size, epochs=epochs, lr=cfg.lr,
                              warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, logging_steps=1)
     trainer = run(setup())
-    from datasets import Dataset
     enc = ctx["tok"](test.texts, truncation=True, max_length=ctx["max_length"])
     # transformers 5 applies group_by_length to evaluation too and returns predictions in that order: predict
     # in input order, and check it by the labels that come back.
     trainer.args.train_sampling_strategy = "random"
-    out = trainer.predict(Dataset.from_dict(dict(enc) | {"labels": [int(y) for y in test.labels]}))
+    out = trainer.predict(as_rows(enc, test.labels))
     if not np.array_equal(out.label_ids, test.labels):
         raise RuntimeError("Trainer.predict returned the test reviews out of order")
     trainer_pred = out.predictions.argmax(-1)
@@ -609,7 +628,12 @@ def markdown(res: dict) -> str:
         "",
         f"`{m['command']}`",
         "",
-        f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, transformers {m['transformers']}, "
+        (f"{m['device']} (CUDA {m['cuda']}; host: {m['cpu']}, {m['cores']} cores), " if m.get("device", "cpu") != "cpu"
+         else f"{m['cpu']}, {m['cores']} cores, ")
+        + f"model {m['model']}"
+        + (" ({num_hidden_layers} layers, {hidden_size} wide, {num_attention_heads} heads, FFN {intermediate_size})"
+           .format(**m["model_config"]) if "model_config" in m else "")
+        + f", torch {m['torch']}, transformers {m['transformers']}, "
         f"precision=auto → {m['precision']}, max_length {m['max_length']}, threads {m['threads']}, "
         f"{m['attention']} attention, encoder batch {m['encode_batch_size']}; IMDb texts average "
         f"{m['mean_tokens']:.0f} tokens, {100 * m['truncated_fraction']:.0f}% truncated. "
@@ -714,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-test", type=int, default=256, help="test texts for accuracies (parts b, c)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--epochs", type=int, default=5, help="freeze head epochs (part b)")
-    ap.add_argument("--ft-n", type=int, default=128, help="fine-tuning training sequences (part d)")
+    ap.add_argument("--ft-n", type=int, help="fine-tuning training sequences (part d; default 128, on cuda 1024)")
     ap.add_argument("--trainer-batch-size", type=int, default=8, help="Trainer's per-device default is 8")
     ap.add_argument("--knob-n", type=int, default=128, help="texts for the knob measurements (part e)")
     ap.add_argument("--parts", default="abcd", help="which parts to run, e.g. ab; add e for the knobs")
@@ -726,13 +750,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parity-n", type=int, default=512, help="part d's accuracy parity: training reviews (0 = skip)")
     ap.add_argument("--parity-test", type=int, default=500, help="part d's accuracy parity: test reviews")
     ap.add_argument("--parity-epochs", type=int, default=3, help="part d's accuracy parity: epochs (the preset's 3)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: part d (the Trainer vs the loop) on the GPU, against the GPU's own matmul peak")
+    ap.add_argument("--model-dir", help="a local model folder instead of the packaged MiniLM (its hash is not checked)")
+    ap.add_argument("--random-bert-base", action="store_true",
+                    help="a random-weight BERT-base (12 layers, 768 wide) with MiniLM's tokenizer: speed only")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA GPU here")
+    if args.device == "cuda" and set(args.parts) - {"d"}:
+        ap.error("--device cuda runs part d only (the others measure CPU paths): add --parts d")
+    if args.model_dir and args.random_bert_base:
+        ap.error("--model-dir and --random-bert-base exclude each other")
+    args.ft_n = args.ft_n or (1024 if args.device == "cuda" else 128)
+    if args.device == "cuda":
+        args.n = args.ft_n  # part d times the first ft_n of the n sampled texts
     parts = args.parts + "".join(k for k, on in (("e", args.knobs), ("p", args.profile)) if on and k not in args.parts)
     started = datetime.datetime.now()
     # named by the start (to the minute) and the parts; checked now, not after the benchmark's minutes
-    stem = result_stem(Path(args.out), f"speed-{started:%Y-%m-%dT%H%M}" + ("" if parts == "abcd" else f"-{parts}"))
+    model_tag = "-bert-base-random" if args.random_bert_base else "-model-dir" if args.model_dir else ""
+    device_tag = f"-{slug(torch.cuda.get_device_name())}" if args.device == "cuda" else ""
+    stem = result_stem(Path(args.out), f"speed-{started:%Y-%m-%dT%H%M}" + ("" if parts == "abcd" else f"-{parts}")
+                       + device_tag + model_tag)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
@@ -740,9 +781,19 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.set_verbosity_error()  # each Trainer's fresh head would print a load report
     set_threads()
     data = Path(args.data)
-    cfg = compose([f"model.max_length={args.max_length}"])
+    model_overrides = [f"model.max_length={args.max_length}"]
+    if args.random_bert_base:
+        folder = Path(tempfile.mkdtemp(prefix="bench-bert-base-"))
+        atexit.register(shutil.rmtree, folder, True)
+        build_model_folder(folder, tokenizer_source(None), {}, args.seed)  # bench_gpu's: BertConfig defaults
+        args.model_dir = str(folder)
+    if args.model_dir:
+        name = "bert-base-random" if args.random_bert_base else Path(args.model_dir).name
+        model_overrides += [f"model.name={name}", f"model.name_or_path='{Path(args.model_dir).resolve()}'",
+                            "model.sha256=null", "model.package=null"]
+    cfg = compose(model_overrides)
     spec = ModelSpec.from_config(cfg.model)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     ctx = {
         "spec": spec, "max_length": args.max_length, "device": device, "precision": resolve_precision("auto", device),
         "tok": load_tokenizer(spec), "model": load_encoder(spec).eval(), "seed": args.seed, "epochs": args.epochs,
@@ -752,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         "parity_n": args.parity_n, "parity_test": args.parity_test, "parity_epochs": args.parity_epochs,
         "train": subset(data / "train.parquet", args.n, args.seed),
         "test": subset(data / "test.parquet", args.n_test, args.seed),
-        "overrides": [f"model.max_length={args.max_length}", "device=cpu", "precision=auto"],
+        "overrides": [*model_overrides, f"device={args.device}", "precision=auto"],
         "freeze_cfg": compose(["strategy=freeze"]).strategy,
     }
     # the framework's default encoder batch (null in conf = auto for this device)
@@ -760,11 +811,17 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [len(x) for x in ctx["tok"](ctx["train"].texts, truncation=True, max_length=args.max_length)["input_ids"]]
     ctx["lengths"] = lengths
     print("matmul peak …", flush=True)  # measured in this run, beside the timings it judges
-    ctx["peak"] = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    sizes = (4096, 8192) if args.device == "cuda" else (1024, 2048, 4096)
+    ctx["peak"] = {"bf16": matmul_peak(torch.bfloat16, sizes, device=args.device),
+                   "fp32": matmul_peak(torch.float32, sizes, device=args.device)}
     res = {
         "meta": {
             "date": started.date().isoformat(), "started": started.isoformat(timespec="seconds"), "command": "python " + shlex.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+            "cuda": torch.version.cuda if args.device == "cuda" else None, "ft_n": args.ft_n,
+            "model_config": {k: getattr(ctx["model"].config, k) for k in
+                             ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")},
             "torch": torch.__version__, "transformers": __import__("transformers").__version__,
             "precision": ctx["precision"], "max_length": args.max_length, "model": spec.name,
             "attention": ctx["model"].config._attn_implementation, "encode_batch_size": ctx["batch_size"],
