@@ -8,7 +8,9 @@ import json
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 from conftest import IMDB, REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))  # bench_speed imports bench_gpu's file-naming helpers
@@ -69,6 +71,42 @@ def test_expert_parts_tiny_run(tmp_path):
     assert q["train"] == q["test"] == 16 and 0 <= q["trainer_acc"] <= 1 and 0 <= q["mcnemar_p"] <= 1
     md = js.with_suffix(".md").read_text()
     assert "of bf16 peak" in md and "vs the expert's best" in md and "accuracy parity" in md
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--device", "cuda", "--parts", "ad"], "no CUDA GPU here" if not torch.cuda.is_available() else "part d only"),
+    (["--model-dir", "x", "--random-bert-base"], "exclude each other"),
+])
+def test_bad_arguments_say_what_to_do(argv, says, capsys, tmp_path):
+    """Refused before any model loads or any file is written, with one line that names the fix."""
+    with pytest.raises(SystemExit) as e:
+        bench_speed.main([*argv, "--out", str(tmp_path)])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_trainer_rows_need_no_datasets_package():
+    """The Trainer gets plain per-example dicts (a bare GPU machine lacks `datasets`); its length-grouped
+    sampler reads each row's input_ids."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    enc = {"input_ids": [[1, 2, 3], [1, 2], [1, 2, 3, 4, 5]], "attention_mask": [[1] * 3, [1] * 2, [1] * 5]}
+    rows = bench_speed.as_rows(enc, np.array([1, 0, 1]))
+    assert rows[1] == {"input_ids": [1, 2], "attention_mask": [1, 1], "labels": 0} and type(rows[0]["labels"]) is int
+    assert sorted(LengthGroupedSampler(2, dataset=rows)) == [0, 1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (IMDB / "train.parquet").exists(), reason="IMDb parquet not in ../shared")
+def test_part_d_on_a_model_folder(tmp_path, tiny_bert):
+    """--model-dir: part d on a local model folder (hash not checked), named in the result's meta."""
+    rc = bench_speed.main(["--data", str(IMDB), "--n", "4", "--ft-n", "4", "--max-length", "32", "--repeats", "1",
+                           "--parity-n", "0", "--parts", "d", "--model-dir", str(tiny_bert), "--out", str(tmp_path)])
+    assert rc == 0
+    (js,) = tmp_path.glob("speed-*-d-model-dir.json")
+    meta = json.loads(js.read_text())["meta"]
+    assert meta["model"] == tiny_bert.name and meta["device"] == "cpu" and meta["ft_n"] == 4
+    assert meta["model_config"]["num_hidden_layers"] == 2  # the tiny BERT's, not MiniLM's 6
 
 
 def test_flops_terms_add_up_and_ops_are_grouped():
