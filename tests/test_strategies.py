@@ -14,6 +14,7 @@ from strategies.backbone import (
     collate,
     extract_features,
     length_batches,
+    pad_batch,
     tokenize,
 )
 from strategies.freeze import FreezeStrategy
@@ -478,6 +479,22 @@ def test_padded_batches_round_up_to_a_multiple_of_8_but_never_past_max_length(ti
     assert collate(tok, [*odd, *shorter], torch.device("cpu"))["input_ids"].shape[1] == longest  # no max_length
     same = [odd[0]] * 3  # equal lengths: exact, unpadded
     assert collate(tok, same, torch.device("cpu"), max_length=64)["input_ids"].shape[1] == len(odd[0]["input_ids"])
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("max_length", [None, 64])
+def test_pad_batch_matches_the_tokenizers_pad(tiny_overrides, side, max_length):
+    """pad_batch fills with numpy what tokenizer.pad builds in Python: the same tensors, on either side."""
+    tok = make(tiny_overrides, "embed").tokenizer
+    tok.padding_side = side
+    items = tokenize(tok, TEXTS, 64)
+    for group in (items, items[:1], [items[0]] * 3):
+        ours = pad_batch(tok, group, max_length)
+        target = ours["input_ids"].shape[1]
+        ref = tok.pad(group, return_tensors="pt", padding="max_length", max_length=target)
+        assert set(ours) == set(ref) == {"input_ids", "attention_mask", "token_type_ids"}
+        for key in ours:
+            assert ours[key].dtype == torch.int64 and torch.equal(ours[key], ref[key]), key
 
 
 def test_extract_features_rejects_no_texts(tiny_overrides):
