@@ -198,6 +198,41 @@ def imdb_texts(folder: Path, tok, n: int, seq_len: int, seed: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the two loops
+PROFILE_STEPS = 5  # --profile: steps per loop under torch.profiler (the framework's fit runs its 2 epochs of them)
+
+
+def profiled(fn, device, steps: int) -> dict:
+    """Where one loop's time goes, per step: wall time, the GPU's time in kernels, the host's time in ops, and
+    the top kernels and host ops. A GPU busy well under 100% of the wall time means the host sets the pace.
+    The profiler adds host overhead, so wall times here are not throughput; the shares are what to read.
+    A failure is recorded, not raised: the timed figures above must not be lost to the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        sync(device)
+        t0 = time.perf_counter()
+        with profile(activities=acts) as prof:
+            fn()
+            sync(device)
+        wall = time.perf_counter() - t0
+        rows = prof.key_averages()
+        gpu = torch.autograd.DeviceType.CUDA
+        dev_us = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)  # noqa: E731 — renamed in torch 2.4
+        kernels = [(e.key, dev_us(e)) for e in rows if getattr(e, "device_type", None) == gpu]
+        if not kernels:  # kernels not listed as rows: their time is the launching ops' self device time
+            kernels = [(e.key, dev_us(e)) for e in rows if dev_us(e) > 0]
+        host = [(e.key, e.self_cpu_time_total) for e in rows if getattr(e, "device_type", None) != gpu]
+        top = lambda xs: [{"name": k[:90], "ms_per_step": t / 1000 / steps}  # noqa: E731
+                          for k, t in sorted(xs, key=lambda kv: -kv[1])[:8]]
+        busy_us = sum(t for _, t in kernels)
+        return {"device": device.type, "steps": steps, "wall_ms_per_step": 1000 * wall / steps, "gpu_kernel_ms_per_step": busy_us / 1000 / steps,
+                "gpu_busy_fraction": busy_us / 1e6 / wall, "host_op_ms_per_step": sum(t for _, t in host) / 1000 / steps,
+                "top_kernels": top(kernels), "top_host_ops": top(host)}
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 def throughput(seqs: int, seconds: float, steps: int, flops_per_seq: int, peak_tflops: float, seq_len: int) -> dict:
     seq_s = seqs / seconds
     tflops = seq_s * flops_per_seq / 1e12
@@ -263,6 +298,10 @@ def run_framework(a, folder: Path, texts: list[str], labels: np.ndarray, device,
         "fit_total_s": total_s, "fit_seq_s_end_to_end": 2 * len(texts) / total_s,  # incl. tokenising + warm-up
         "peak_memory_gib": peak_memory_gib(device),
     }
+    if a.profile:
+        k = min(PROFILE_STEPS, a.steps) * a.batch_size
+        out["profile"] = profiled(lambda: strategy.fit(Split(texts[:k], labels[:k])), device,
+                                  2 * min(PROFILE_STEPS, a.steps))  # fit runs 2 epochs; tokenising is inside
     return out
 
 
@@ -301,6 +340,9 @@ def run_reference(a, folder: Path, texts: list[str], labels: np.ndarray, device,
     out = throughput(len(texts), time.perf_counter() - t0, a.steps, flops_per_seq, peak, a.seq_len)
     out |= {"attn_implementation": model.config._attn_implementation, "fused_adamw": device.type == "cuda",
             "peak_memory_gib": peak_memory_gib(device)}
+    if a.profile:
+        k = min(PROFILE_STEPS, a.steps)
+        out["profile"] = profiled(lambda: [step(b) for b in batches[:k]], device, k)
     return out
 
 
@@ -344,6 +386,21 @@ def markdown(r: dict) -> str:
         f"of one batch (collate): {f['host_collate_ms']:.1f} ms per step"
         + (f" (tokenizer.pad: {f['host_tokenizer_pad_ms']:.1f} ms)." if "host_tokenizer_pad_ms" in f else "."),
     ]
+    for label, x in (("FineTuneStrategy.fit", f), ("plain loop", ref)):
+        pr = x.get("profile")
+        if pr and "error" in pr:
+            lines += ["", f"Profile of {label}: failed ({pr['error']})."]
+        elif pr:
+            gpu = (f", GPU kernels {pr['gpu_kernel_ms_per_step']:.1f} ms ({100 * pr['gpu_busy_fraction']:.0f}% busy)"
+                   if pr["device"] == "cuda" else "")
+            lines += ["", f"Profile of {label} ({pr['steps']} steps under torch.profiler): wall "
+                      f"{pr['wall_ms_per_step']:.1f} ms per step{gpu}, host ops {pr['host_op_ms_per_step']:.1f} ms.", "",
+                      "| top GPU kernels | ms/step | top host ops (self) | ms/step |", "| --- | --- | --- | --- |"]
+            for i in range(max(len(pr["top_kernels"]), len(pr["top_host_ops"]))):
+                cells = []
+                for col in (pr["top_kernels"], pr["top_host_ops"]):
+                    cells += [f"`{col[i]['name']}`", f"{col[i]['ms_per_step']:.2f}"] if i < len(col) else ["", ""]
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -388,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="timed steps per loop, after as many warm-up steps (default 30; smoke 4)")
     ap.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa", help="attention implementation")
     ap.add_argument("--compile", action="store_true", help="torch.compile the encoder (both loops)")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the timings, a few steps of each loop under torch.profiler: GPU busy share, top ops")
     ap.add_argument("--peak-tflops", type=float, help="dense bf16 peak of this device (overrides the table)")
     ap.add_argument("--data", help="folder with IMDb's train.parquet (e.g. ../shared/datasets/imdb); default: synthetic")
     ap.add_argument("--tokenizer", help="folder with the uncased WordPiece tokenizer (default: the packaged MiniLM's)")
@@ -424,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     variant = "".join([f"-b{a.batch_size}" if a.batch_size != defaults["batch_size"] else "",
                        f"-t{a.seq_len}" if a.seq_len != defaults["seq_len"] else "",
-                       "-eager" if a.attn != "sdpa" else "", "-compile" if a.compile else "", "-imdb" if a.data else ""])
+                       "-eager" if a.attn != "sdpa" else "", "-compile" if a.compile else "", "-imdb" if a.data else "",
+                       "-profile" if a.profile else ""])
     started = datetime.datetime.now()
     # named by the start (to the minute), device and variant; checked now, not after the GPU time is spent
     stem = result_stem(Path(a.out), f"gpu-{started:%Y-%m-%dT%H%M}-{'cpu-smoke' if smoke else slug(name)}{variant}")
@@ -460,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         "matmul_n": mm_n, "matmul_tflops": mm,
         "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
         "model": shape, "non_embedding_params": n_params, "seq_len": a.seq_len, "batch_size": a.batch_size,
-        "steps": a.steps, "precision": "bf16", "attn": a.attn, "compile": a.compile,
+        "steps": a.steps, "precision": "bf16", "attn": a.attn, "compile": a.compile, "profile": a.profile,
         "data": f"IMDb ({a.data})" if a.data else "synthetic", "flops_per_seq": flops,
         "flops_formula": "3 * (2 * non_embedding_params * seq_len + 4 * layers * seq_len**2 * hidden)",
     }

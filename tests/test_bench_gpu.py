@@ -99,11 +99,26 @@ def test_cpu_smoke(tmp_path):
     assert res["framework"]["host_collate_ms"] > 0 and res["framework"]["host_tokenizer_pad_ms"] > 0
 
 
+def test_cpu_smoke_profile(tmp_path):
+    """--profile: a few steps of each loop under torch.profiler, summarised per step, in its own result files."""
+    r = run_bench(["--cpu-smoke", "--profile", "--out", str(tmp_path)], 300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (path,) = tmp_path.glob("gpu-*-cpu-smoke-profile.json")
+    res = json.loads(path.read_text())
+    fw, ref = res["framework"]["profile"], res["reference"]["profile"]
+    assert "error" not in fw and "error" not in ref, (fw, ref)
+    assert fw["steps"] == 8 and ref["steps"] == 4  # fit's 2 epochs of 4 steps; the plain loop's 4
+    for p in (fw, ref):
+        assert p["wall_ms_per_step"] > 0 and p["host_op_ms_per_step"] > 0 and p["top_host_ops"]
+        assert p["device"] == "cpu" and p["gpu_kernel_ms_per_step"] == 0  # no GPU, no kernels
+    assert "Profile of FineTuneStrategy.fit" in path.with_suffix(".md").read_text()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_brief(tmp_path):
-    """BERT-base at 512 tokens, a few small steps: the real path runs and its figures are sane."""
-    args = ["--steps", "3", "--batch-size", "8", "--out", str(tmp_path)]
+    """BERT-base at 512 tokens, a few small steps: the real path runs and its figures are sane, the profile too."""
+    args = ["--steps", "3", "--batch-size", "8", "--profile", "--out", str(tmp_path)]
     if bench_gpu.lookup_peak(torch.cuda.get_device_name()) is None:
         args += ["--peak-tflops", "100"]
     r = run_bench(args, 600)
@@ -115,3 +130,7 @@ def test_gpu_brief(tmp_path):
         assert res[side]["seq_s"] > 0 and 0 < res[side]["mfu"] < 1
         assert res[side]["peak_memory_gib"] > 0
     assert res["framework"]["micro_batch_size"] is None  # the whole batch at once on a GPU
+    for side in ("framework", "reference"):  # the profiler sees the GPU's kernels
+        p = res[side]["profile"]
+        assert "error" not in p, p
+        assert p["gpu_kernel_ms_per_step"] > 0 and 0 < p["gpu_busy_fraction"] <= 1.05 and p["top_kernels"]
