@@ -128,6 +128,9 @@ def tracked_run(
     error as a tag and the traceback as an artifact, then propagates. run_id continues an existing run."""
     if run_id is not None:
         run = mlflow.start_run(run_id=run_id)
+        if old := run.data.tags.get("error"):  # the interruption it recovers from (e.g. marked KILLED as an orphan)
+            mlflow.set_tag("interrupted", old)  # kept as history; "error" would read as this run's own failure
+            mlflow.delete_tag("error")
         mlflow.set_tags(dict(tags))
     else:
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))

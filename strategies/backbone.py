@@ -271,6 +271,8 @@ def pad_batch(tokenizer, items: Sequence[dict], max_length: int | None = None) -
     costs a build and keeps its memory; with lengths in steps of 8 there are fewer (benchmarks/bench_pad.py).
     A batch of equal lengths (say, all cut at max_length) stays exact and unpadded."""
     items = list(items)
+    if not items:
+        raise ValueError("pad_batch: no items to pad")
     lengths = [len(x["input_ids"]) for x in items]
     longest = max(lengths)
     target = longest
@@ -278,11 +280,13 @@ def pad_batch(tokenizer, items: Sequence[dict], max_length: int | None = None) -
         target = min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, max(max_length, longest))
     # What tokenizer.pad returns, filled by numpy: tokenizer.pad walks every token in Python (13 ms for 32
     # reviews of 512 tokens), and on a GPU the next step's batch must be ready before the GPU finishes this one.
-    fill = {"input_ids": tokenizer.pad_token_id, "token_type_ids": tokenizer.pad_token_type_id}
+    fill = {"input_ids": tokenizer.pad_token_id, "token_type_ids": tokenizer.pad_token_type_id, "attention_mask": 0}
+    if unknown := set(items[0]) - set(fill):  # tokenizer.pad pads others its own way (special_tokens_mask with 1)
+        raise ValueError(f"pad_batch pads {sorted(fill)} only, not {sorted(unknown)}")
     left = tokenizer.padding_side == "left"
     batch = {}
     for key in items[0]:
-        out = np.full((len(items), target), fill.get(key, 0), dtype=np.int64)
+        out = np.full((len(items), target), fill[key], dtype=np.int64)
         for row, x, n in zip(out, items, lengths, strict=True):
             if left:
                 row[target - n :] = x[key]

@@ -339,6 +339,25 @@ def test_objective_is_the_validation_score_of_the_kept_epoch(tiny_overrides, in_
     assert r.data.metrics["kept_val_log_loss"] == losses[best] == min(losses.values())
 
 
+def test_a_continued_run_keeps_its_interruption_as_history_not_as_its_error(in_store):
+    """resume=true continues the run an interruption left (its error tag set, or marked KILLED as an orphan);
+    once it finishes, that error is history ("interrupted"), not the FINISHED run's own "error"."""
+    import mlflow
+
+    from experiments import tracking
+
+    experiment_id = tracking.setup(in_store.uri, "continued")
+    with pytest.raises(KeyboardInterrupt), tracking.tracked_run(experiment_id, "cut", {}) as active:
+        raise KeyboardInterrupt
+    client = mlflow.MlflowClient(in_store.uri)
+    assert client.get_run(active.info.run_id).data.tags["error"].startswith("KeyboardInterrupt")
+    with tracking.tracked_run(experiment_id, "cut", {}, run_id=active.info.run_id):
+        pass
+    run = client.get_run(active.info.run_id)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    assert run.data.tags["interrupted"].startswith("KeyboardInterrupt")
+
+
 def test_overlong_param_values_are_truncated_not_fatal(in_store):
     """The HF Trainer + MLflow failure: a param value longer than the store allows crashes the run."""
     import mlflow

@@ -488,13 +488,22 @@ def test_pad_batch_matches_the_tokenizers_pad(tiny_overrides, side, max_length):
     tok = make(tiny_overrides, "embed").tokenizer
     tok.padding_side = side
     items = tokenize(tok, TEXTS, 64)
-    for group in (items, items[:1], [items[0]] * 3):
-        ours = pad_batch(tok, group, max_length)
-        target = ours["input_ids"].shape[1]
-        ref = tok.pad(group, return_tensors="pt", padding="max_length", max_length=target)
-        assert set(ours) == set(ref) == {"input_ids", "attention_mask", "token_type_ids"}
-        for key in ours:
-            assert ours[key].dtype == torch.int64 and torch.equal(ours[key], ref[key]), key
+    enc = tok(TEXTS[:3], TEXTS[3:6], truncation=True, max_length=64)  # sentence pairs: token_type_ids hold 1s
+    pairs = [{k: enc[k][i] for k in ("input_ids", "attention_mask", "token_type_ids")} for i in range(3)]
+    for pad_token in ("[PAD]", "[SEP]"):  # [SEP]: a pad id other than 0 must be the one filled in
+        tok.pad_token = pad_token
+        for group in (items, items[:1], [items[0]] * 3, pairs):
+            ours = pad_batch(tok, group, max_length)
+            target = ours["input_ids"].shape[1]
+            ref = tok.pad(group, return_tensors="pt", padding="max_length", max_length=target)
+            assert set(ours) == set(ref) == {"input_ids", "attention_mask", "token_type_ids"}
+            for key in ours:
+                assert ours[key].dtype == torch.int64 and torch.equal(ours[key], ref[key]), (pad_token, key)
+    assert int(pad_batch(tok, pairs, None)["token_type_ids"].max()) == 1
+    with pytest.raises(ValueError, match="special_tokens_mask"):  # tokenizer.pad fills it with 1, not 0
+        pad_batch(tok, [items[0] | {"special_tokens_mask": [0] * len(items[0]["input_ids"])}])
+    with pytest.raises(ValueError, match="no items"):
+        pad_batch(tok, [])
 
 
 def test_extract_features_rejects_no_texts(tiny_overrides):
