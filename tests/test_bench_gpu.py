@@ -75,6 +75,15 @@ def test_no_cuda_says_so():
     assert r.stderr.strip().startswith("no CUDA GPU: ")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_gpu_checks_script_needs_a_gpu(tmp_path):
+    """benchmarks/gpu_checks.sh (every GPU check in one go) stops at once, in one line, without a GPU."""
+    r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_checks.sh")], capture_output=True, text=True,
+                       env=subprocess_env() | {"PYTHON": sys.executable, "OUT": str(tmp_path)}, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == "no CUDA GPU: gpu_checks.sh runs the GPU checks; run it on a GPU machine"
+    assert not list(tmp_path.iterdir())
+
+
 def test_cpu_smoke(tmp_path):
     """The whole pipeline on CPU with the tiny config (2 layers, 128 wide, 64 tokens, 4 steps): ~6 s."""
     r = run_bench(["--cpu-smoke", "--out", str(tmp_path)], 300)
