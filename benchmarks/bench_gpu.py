@@ -283,26 +283,24 @@ def run_framework(a, folder: Path, texts: list[str], labels: np.ndarray, device,
     out = throughput(len(texts), marks[1] - marks[0], a.steps, flops_per_seq, peak, a.seq_len)
     # Host work per step: fit pads each batch on the CPU (pad_batch). It never waits for the GPU inside
     # an epoch (tests/test_gpu.py), so this overlaps with the GPU's work as long as it is shorter than a step.
-    items = tokenize(strategy.tokenizer, texts[: a.batch_size], a.seq_len)
-    t1 = time.perf_counter()
-    for _ in range(5):
-        collate(strategy.tokenizer, items, device, a.seq_len)  # as training pads: rounded, capped
-    sync(device)
-    collate_ms = 1000 * (time.perf_counter() - t1) / 5  # padding, pinning and the copy to the device
+    items, tok = tokenize(strategy.tokenizer, texts[: a.batch_size], a.seq_len), strategy.tokenizer
 
-    def pad_ms(fn) -> float:  # padding alone: pad_batch vs what it replaced, tokenizer.pad (walks tokens in Python)
+    def host_ms(fn) -> float:  # mean of 5 calls, the device's queue drained at the end
         t = time.perf_counter()
         for _ in range(5):
             fn()
+        sync(device)
         return 1000 * (time.perf_counter() - t) / 5
 
-    width = pad_batch(strategy.tokenizer, items, a.seq_len)["input_ids"].shape[1]
+    width = pad_batch(tok, items, a.seq_len)["input_ids"].shape[1]
     out |= {
         "attn_implementation": enc.config._attn_implementation, "micro_batch_size": strategy.micro_batch_size,
-        "host_collate_ms": collate_ms,
-        "host_pad_batch_ms": pad_ms(lambda: pad_batch(strategy.tokenizer, items, a.seq_len)),
-        "host_tokenizer_pad_ms": pad_ms(lambda: strategy.tokenizer.pad(items, return_tensors="pt",
-                                                                       padding="max_length", max_length=width)),
+        # as training pads (rounded, capped), then pinned and copied to the device
+        "host_collate_ms": host_ms(lambda: collate(tok, items, device, a.seq_len)),
+        # padding alone: pad_batch vs what it replaced, tokenizer.pad (walks every token in Python)
+        "host_pad_batch_ms": host_ms(lambda: pad_batch(tok, items, a.seq_len)),
+        "host_tokenizer_pad_ms": host_ms(lambda: tok.pad(items, return_tensors="pt", padding="max_length",
+                                                         max_length=width)),
         "fit_total_s": total_s, "fit_seq_s_end_to_end": 2 * len(texts) / total_s,  # incl. tokenising + warm-up
         "peak_memory_gib": peak_memory_gib(device),
     }
