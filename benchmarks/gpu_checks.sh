@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one go, most important first, under one time budget (a lent GPU is often short):
+# Every GPU check in one go, most important first, under one time budget (GPU time is often short):
 #   bash benchmarks/gpu_checks.sh
 # Environment (all optional):
 #   BUDGET=600            seconds for everything; a step that cannot get 20 s is skipped and says so
