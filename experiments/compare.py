@@ -50,6 +50,10 @@ METRICS = {  # table column -> MLflow metric
     "examples_per_s": "inference_examples_per_s",
     "train_examples": "data_train_size",
 }
+# The runner's machine canary (resources.machine_speed): each run's slowest and fastest sample
+SPEEDS = {"machine_matmul_gflops": ("a 512² matmul", "GFLOP/s"), "machine_copy_gbps": ("a 32 MB copy", "GB/s"),
+          "machine_block_tokens_per_s": ("a transformer block", "tokens/s")}
+SPEED_SPREAD = 1.1  # runs whose machine ran at speeds further apart than this get a note on their times
 SIGNIFICANCE_METHOD = (
     "McNemar's test on paired test predictions, only between groups whose runs share one `data_fingerprint` "
     "(the same train/val/test examples). With several seeds a group is represented by its per-example "
@@ -245,6 +249,24 @@ def build_table(runs: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
         return table.sort_values("acc_mean", ascending=False, kind="stable").reset_index(drop=True)
     # a sweep axis (train size, layers): read along it, strategy by strategy
     return table.sort_values(group_by, key=lambda s: s.map(_natural), kind="stable").reset_index(drop=True)
+
+
+def machine_speed_note(runs: pd.DataFrame) -> str | None:
+    """Train times compare strategies only if the machine ran at one speed: name how far apart the runs'
+    machine-speed samples were, when more than SPEED_SPREAD (a shared host, or runs from several machines)."""
+    spans = []
+    for key, (what, unit) in SPEEDS.items():
+        lo, hi = runs.get(f"metrics.{key}_min"), runs.get(f"metrics.{key}_max")
+        if lo is None or hi is None or lo.isna().all():
+            continue  # runs from before the canary
+        slow, fast = lo.min(), hi.max()
+        if fast > SPEED_SPREAD * slow:
+            spans.append(f"{what} ran at {slow:.0f} to {fast:.0f} {unit} ({fast / slow:.2f}x)")
+    if not spans:
+        return None
+    return ("the machine's own speed varied across these runs (the runner's samples, metrics machine_*_min/max): "
+            + "; ".join(spans) + ". Differences in train time smaller than that may be the machine's, not the "
+            "strategies'")
 
 
 def label(row, group_by: list[str]) -> str:
@@ -746,6 +768,8 @@ def build_report(experiment: str | list[str] | None, tracking_uri: str = "sqlite
     table = build_table(runs, group_by)
     table.attrs["over"] = " and ".join(["seeds", *pooled])  # what the ± spans, for the plots and the text
     pairs, notes = significance(load, runs, table, group_by)
+    if speed := machine_speed_note(runs):
+        notes.append(speed)
     if repeats:
         notes.insert(0, f"{repeats} repeated run(s) of an identical config and seed ignored (newest kept)")
 

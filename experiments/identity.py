@@ -11,12 +11,13 @@ from omegaconf import DictConfig, OmegaConf
 
 # Config keys that never change what a run learns or scores: where it is logged, whether it is skipped,
 # resumed or checkpointed, and whether encoder features are read from the cache (the same numbers either
-# way), whether progress is shown, and the rare-label guard (a run it lets through is the same run).
+# way), whether progress is shown or the machine's speed sampled, and the rare-label guard (a run it lets
+# through is the same run).
 # Two runs that differ only in these are the same configuration (config_hash, and the report).
 BOOKKEEPING = (
     "tracking_uri", "experiment_name", "skip_finished", "sweep_report", "resume", "checkpoint_every", "report_group_by",
     "checkpoint_dir", "cache", "cache_dir", "strategy.cache", "strategy.cache_dir", "progress",
-    "strategy.progress", "data.min_class_count",
+    "strategy.progress", "data.min_class_count", "machine_canary",
     "epochs",  # +epochs=N (mixed sweeps): its effect is in strategy.epochs, which stays in the identity
     "keep_best",  # experiment=few_shot's: its effect is in strategy.keep_best, which stays in the identity
 )

@@ -9,6 +9,7 @@ import time
 
 import psutil
 import torch
+from torch import nn
 
 
 class Measure:
@@ -62,3 +63,45 @@ def release_memory() -> bool:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return _MALLOC_TRIM is not None and _MALLOC_TRIM(0) == 1
+
+
+
+def _median_rate(work: float, fn, seconds: float) -> float:
+    for _ in range(3):  # first calls (threads waking, kernel selection, page faults) are no part of the rate
+        fn()
+    rates, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end or len(rates) < 3:
+        t0 = time.perf_counter()
+        fn()
+        rates.append(work / (time.perf_counter() - t0))
+    return float(sorted(rates)[len(rates) // 2])
+
+
+def machine_speed(seconds: float = 0.01) -> dict[str, float]:
+    """How fast this machine runs three small fixed workloads right now, each the median rate over about
+    `seconds`: a 512² fp32 matmul (GFLOP/s, compute), copying 32 MB (GB/s, past the per-core caches), and the
+    forward and backward pass of a random 384-wide transformer block on 128 tokens (tokens/s, under bf16
+    autocast where the CPU runs bf16 fast, as precision=auto trains: the mix a fine-tuning step runs). A
+    canary logged beside a run's times: on a shared 2-CPU host, the same forward and backward passes on the
+    same reviews ran 33% slower half an hour apart with nothing else running on the machine, so a train time
+    alone cannot say whether the strategy or the machine was slow. The global random state is left as it
+    was (a run's seeded draws do not depend on whether the machine was sampled)."""
+    from strategies.backbone import resolve_precision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        a, b = torch.randn(512, 512), torch.randn(512, 512)
+        src = torch.ones(2**23)  # 32 MB: past the per-core caches (a large shared L3 may still hold it)
+        dst = torch.empty_like(src)
+        block = nn.TransformerEncoderLayer(384, 6, 1536, dropout=0.0, batch_first=True)  # MiniLM's shape
+        x = torch.randn(2, 64, 384)
+        bf16 = resolve_precision("auto", torch.device("cpu")) == "bf16"
+
+        def step() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y = block(x)
+            y.float().sum().backward()
+
+        return {"machine_matmul_gflops": _median_rate(2 * 512**3 / 1e9, lambda: torch.mm(a, b), seconds),
+                "machine_copy_gbps": _median_rate(2 * src.nbytes / 1e9, lambda: dst.copy_(src), seconds),
+                "machine_block_tokens_per_s": _median_rate(x.shape[0] * x.shape[1], step, seconds)}

@@ -33,7 +33,7 @@ from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError, UserError
 from .identity import config_hash, run_params
 from .metrics import Evaluation, confusion_figure, evaluate
-from .resources import Measure, release_memory
+from .resources import Measure, machine_speed, release_memory
 from .schema import check_arguments, validate
 
 log = logging.getLogger("transfer_bench")
@@ -316,14 +316,30 @@ class Fitted:
     saved_in_fit_s: float  # of FitReport.time_saved_s, the part saved while fitting (not predicting)
     report: FitReport  # read after predicting
     evaluation: Evaluation  # the test metrics
+    speeds: list[dict]  # machine_speed() before fitting, after each epoch and after predicting (machine_canary)
 
 
 def fit_and_predict(cfg: DictConfig, strategy: Strategy, data: Dataset) -> Fitted:
     """Fit (logging each epoch's scores on the validation split), then predict the test split, timed."""
     val_scores: dict[int, dict] = {}
+    speeds: list[dict] = []
+    sampled_at = [0.0]
+
+    def sample_speed(every_s: float = 0.0) -> dict:
+        """The machine's speed now (machine_canary), if every_s have passed since the last sample: at the
+        start, between epochs and at the end, never inside a step. A sample takes ~0.1 s (counted in the
+        train time between epochs: at most 0.3% of it), so an epoch of seconds (a freeze head's) gets none."""
+        if not cfg.get("machine_canary", True) or time.perf_counter() - sampled_at[0] < every_s:
+            return {}
+        speeds.append(machine_speed())
+        sampled_at[0] = time.perf_counter()
+        return speeds[-1]
+
+    if first := sample_speed():
+        tracking.log_metrics(first, step=0)
 
     def on_epoch(epoch: int, scalars: dict, val_proba) -> None:
-        metrics = {k: float(v) for k, v in scalars.items()}
+        metrics = {k: float(v) for k, v in scalars.items()} | sample_speed(every_s=30.0)
         if val_proba is not None:
             val = evaluate(*data.shown(data.val.labels, val_proba), data.display_names, prefix="val_").scalars
             val_scores[epoch] = {k: val[k] for k in ("val_accuracy", "val_f1_macro", "val_log_loss")}
@@ -345,8 +361,10 @@ def fit_and_predict(cfg: DictConfig, strategy: Strategy, data: Dataset) -> Fitte
                 f"model.max_length, or set strategy.gradient_checkpointing=true"
             ) from e
         raise
+    sample_speed()
     return Fitted(proba, fit_m, inf_m, val_scores, saved_in_fit, strategy.fit_report(),
-                  evaluate(*data.shown(data.test.labels, proba), data.display_names))  # data.label_names' order
+                  evaluate(*data.shown(data.test.labels, proba), data.display_names),  # data.label_names' order
+                  speeds)
 
 
 def summarise(fitted: Fitted, strategy: Strategy, data: Dataset) -> dict[str, float]:
@@ -366,6 +384,11 @@ def summarise(fitted: Fitted, strategy: Strategy, data: Dataset) -> dict[str, fl
         "rss_at_start_mb": fit_m.start_rss_mb,
         "peak_cuda_mb": max(fit_m.peak_cuda_mb, inf_m.peak_cuda_mb),
     }
+    # The machine's own speed over the run (its slowest and fastest sample): times taken while it ran slow
+    # are the machine's, not the strategy's (the report says when its runs' machine speeds differ)
+    for key in fitted.speeds[0] if fitted.speeds else ():
+        samples = [s[key] for s in fitted.speeds]
+        summary |= {f"{key}_min": min(samples), f"{key}_max": max(samples)}
     # Work a strategy skipped by reusing stored results (the feature cache): the measured times leave it
     # out, so the report also gets what the run would have cost without them (an estimate).
     saved = float(report.time_saved_s or 0.0)

@@ -121,6 +121,7 @@ class RunConfig:
     checkpoint_dir: str = "checkpoints"
     save_predictions: bool = True
     progress: bool = True
+    machine_canary: bool = True
 
     def __post_init__(self):
         if not DEVICE.fullmatch(self.device):

@@ -16,7 +16,8 @@ from sklearn.metrics import f1_score
 
 # Small splits keep each run to seconds; the ~5-10 s of every subprocess is imports.
 DATA = ["data.train_size=80", "data.test_size=40"]
-SUMMARY_METRICS = ("test_accuracy", "test_f1_macro", "trainable_params", "total_params", "train_time_s", "peak_rss_mb")
+SUMMARY_METRICS = ("test_accuracy", "test_f1_macro", "trainable_params", "total_params", "train_time_s", "peak_rss_mb",
+                   "machine_matmul_gflops_min", "machine_copy_gbps_max")
 ARTIFACTS = (
     "classification_report.txt",
     "classification_report.json",
@@ -96,6 +97,8 @@ def test_run_py_logs_a_complete_run(name, preset_run, pyfunc_store, tmp_path):
         assert metrics["test_accuracy"] >= 0.65 and metrics["test_f1_macro"] >= 0.65
     assert 0 < metrics["trainable_params"] <= metrics["total_params"]
     assert metrics["train_time_s"] > 0 and metrics["peak_rss_mb"] > 50
+    for key in ("machine_matmul_gflops", "machine_copy_gbps", "machine_block_tokens_per_s"):  # sampled twice or more
+        assert 0 < metrics[f"{key}_min"] <= metrics[f"{key}_max"] < 1e6
     assert (metrics["data_train_size"], metrics["data_val_size"], metrics["data_test_size"]) == (80, 16, 40)
     for key in ("val_accuracy", "val_f1_macro"):
         history = client.get_metric_history(run_id, key)

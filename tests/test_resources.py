@@ -1,4 +1,5 @@
-"""experiments.resources: the memory a finished job leaves behind goes back to the OS before the next job."""
+"""experiments.resources: the memory a finished job leaves behind goes back to the OS before the next job, and
+the machine-speed canary a run logs beside its times."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import platform
 
 import psutil
 import pytest
+import torch
+from conftest import compose
 
-from experiments.resources import Measure, release_memory
+from experiments.resources import Measure, machine_speed, release_memory
 
 
 def rss_mb() -> float:
@@ -36,3 +39,45 @@ def test_measure_reports_the_block_and_its_start():
         block = bytearray(64 * 2**20)  # touched: 64 MB resident
     assert m.seconds > 0 and m.peak_rss_mb >= m.start_rss_mb + 60
     del block
+
+
+def test_machine_speed_reads_compute_and_memory_rates():
+    speed = machine_speed(seconds=0.01)
+    assert set(speed) == {"machine_matmul_gflops", "machine_copy_gbps", "machine_block_tokens_per_s"}
+    # any CPU that runs this suite multiplies faster than 1 GFLOP/s, copies faster than 0.5 GB/s and runs a
+    # 384-wide block faster than 100 tokens/s; none reaches 100 TFLOP/s in fp32 on a 512² matmul, 10 TB/s
+    # copying or 10M tokens/s (4 TFLOP/s) on a block of 128 tokens: a rate with wrong units fails here
+    assert 1 < speed["machine_matmul_gflops"] < 1e5 and 0.5 < speed["machine_copy_gbps"] < 1e4
+    assert 100 < speed["machine_block_tokens_per_s"] < 1e7
+
+
+def test_machine_speed_leaves_the_random_state_alone():
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    machine_speed(seconds=0.001)
+    assert torch.equal(torch.rand(4), expected)  # a seeded run draws the same with or without the canary
+
+
+@pytest.mark.parametrize("canary", [True, False])
+def test_a_run_logs_the_machine_speeds_span_unless_off(canary, tiny_overrides, in_store, monkeypatch):
+    from experiments import runner
+
+    readings = iter([{"machine_matmul_gflops": 300.0, "machine_copy_gbps": 20.0},  # before fitting
+                     {"machine_matmul_gflops": 210.0, "machine_copy_gbps": 22.0}])  # after predicting
+    monkeypatch.setattr(runner, "machine_speed", lambda: next(readings))
+    name = f"canary-{canary}"
+    cfg = compose(["strategy=freeze", "strategy.epochs=3", "cache=false", "log_model=false", f"machine_canary={canary}",
+                   "data.train_size=40", "data.test_size=20", *tiny_overrides, *in_store.overrides(name)])
+    runner.run(cfg)
+    (run,) = in_store.runs(name)
+    speed = {k: v for k, v in run.data.metrics.items() if k.startswith("machine_")}
+    if not canary:
+        assert speed == {} and next(readings)["machine_matmul_gflops"] == 300.0  # never sampled
+        return
+    # the 3 head epochs take well under the 30 s between samples: only the start and the end are sampled
+    assert speed == {"machine_matmul_gflops": 300.0, "machine_copy_gbps": 20.0,  # the series' step 0
+                     "machine_matmul_gflops_min": 210.0, "machine_matmul_gflops_max": 300.0,
+                     "machine_copy_gbps_min": 20.0, "machine_copy_gbps_max": 22.0}
+    history = in_store.client().get_metric_history(run.info.run_id, "machine_matmul_gflops")
+    assert [(m.step, m.value) for m in history] == [(0, 300.0)]
