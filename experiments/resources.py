@@ -83,13 +83,14 @@ def machine_speed(seconds: float = 0.01) -> dict[str, float]:
     forward and backward pass of a random 384-wide transformer block on 128 tokens (tokens/s, under bf16
     autocast where the CPU runs bf16 fast, as precision=auto trains: the mix a fine-tuning step runs). A
     canary logged beside a run's times: on a shared 2-CPU host, the same forward and backward passes on the
-    same reviews ran 33% slower half an hour apart with nothing else running on the machine, so a train time
+    same reviews took 32% longer half an hour apart with nothing else running on the machine, so a train time
     alone cannot say whether the strategy or the machine was slow. The global random state is left as it
     was (a run's seeded draws do not depend on whether the machine was sampled)."""
     from strategies.backbone import resolve_precision
 
+    # fork_rng restores the CPU generator the random inputs draw from; no manual_seed here, which would also
+    # reseed every CUDA generator (and fork_rng(devices=[]) would not restore those)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
         a, b = torch.randn(512, 512), torch.randn(512, 512)
         src = torch.ones(2**23)  # 32 MB: past the per-core caches (a large shared L3 may still hold it)
         dst = torch.empty_like(src)

@@ -331,8 +331,13 @@ def fit_and_predict(cfg: DictConfig, strategy: Strategy, data: Dataset) -> Fitte
         train time between epochs: at most 0.3% of it), so an epoch of seconds (a freeze head's) gets none."""
         if not cfg.get("machine_canary", True) or time.perf_counter() - sampled_at[0] < every_s:
             return {}
-        speeds.append(machine_speed())
-        sampled_at[0] = time.perf_counter()
+        try:
+            speeds.append(machine_speed())
+        except Exception as e:  # a canary must never end a run of hours; the run just has fewer samples
+            log.warning("machine_canary: sampling the machine's speed failed (%s: %s)", type(e).__name__, e)
+            return {}
+        finally:
+            sampled_at[0] = time.perf_counter()
         return speeds[-1]
 
     if first := sample_speed():

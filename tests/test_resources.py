@@ -51,12 +51,15 @@ def test_machine_speed_reads_compute_and_memory_rates():
     assert 100 < speed["machine_block_tokens_per_s"] < 1e7
 
 
-def test_machine_speed_leaves_the_random_state_alone():
+def test_machine_speed_leaves_the_random_state_alone(monkeypatch):
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))  # GPU dropout's
     torch.manual_seed(3)
     expected = torch.rand(4)
     torch.manual_seed(3)
     machine_speed(seconds=0.001)
     assert torch.equal(torch.rand(4), expected)  # a seeded run draws the same with or without the canary
+    assert reseeded == [3, 3]  # the test's own two seedings only: the canary never reseeds the CUDA generators
 
 
 @pytest.mark.parametrize("canary", [True, False])
