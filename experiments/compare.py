@@ -253,18 +253,20 @@ def build_table(runs: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
 
 def machine_speed_note(runs: pd.DataFrame) -> str | None:
     """Train times compare strategies only if the machine ran at one speed: name how far apart the runs'
-    machine-speed samples were, when more than SPEED_SPREAD (a shared host, or runs from several machines)."""
+    typical machine speeds (each run's median sample) were, when more than SPEED_SPREAD (a shared host, or
+    runs from several machines). Medians, not each run's extremes: a long run's hundreds of 10 ms samples
+    always hold a few outliers."""
     spans = []
     for key, (what, unit) in SPEEDS.items():
-        lo, hi = runs.get(f"metrics.{key}_min"), runs.get(f"metrics.{key}_max")
-        if lo is None or hi is None or lo.isna().all():
+        med = runs.get(f"metrics.{key}_median")
+        if med is None or med.isna().all():
             continue  # runs from before the canary
-        slow, fast = lo.min(), hi.max()
+        slow, fast = med.min(), med.max()
         if fast > SPEED_SPREAD * slow:
             spans.append(f"{what} ran at {slow:.0f} to {fast:.0f} {unit} ({fast / slow:.2f}x)")
     if not spans:
         return None
-    return ("the machine's own speed varied across these runs (the runner's samples, metrics machine_*_min/max): "
+    return ("the machine's own speed varied across these runs (each run's median sample, metrics machine_*_median): "
             + "; ".join(spans) + ". Differences in train time smaller than that may be the machine's, not the "
             "strategies'")
 

@@ -393,7 +393,8 @@ def summarise(fitted: Fitted, strategy: Strategy, data: Dataset) -> dict[str, fl
     # are the machine's, not the strategy's (the report says when its runs' machine speeds differ)
     for key in fitted.speeds[0] if fitted.speeds else ():
         samples = [s[key] for s in fitted.speeds]
-        summary |= {f"{key}_min": min(samples), f"{key}_max": max(samples)}
+        summary |= {f"{key}_min": min(samples), f"{key}_max": max(samples),
+                    f"{key}_median": float(np.median(samples))}  # what the report compares between runs
     # Work a strategy skipped by reusing stored results (the feature cache): the measured times leave it
     # out, so the report also gets what the run would have cost without them (an estimate).
     saved = float(report.time_saved_s or 0.0)

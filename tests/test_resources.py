@@ -81,6 +81,7 @@ def test_a_run_logs_the_machine_speeds_span_unless_off(canary, tiny_overrides, i
     # the 3 head epochs take well under the 30 s between samples: only the start and the end are sampled
     assert speed == {"machine_matmul_gflops": 300.0, "machine_copy_gbps": 20.0,  # the series' step 0
                      "machine_matmul_gflops_min": 210.0, "machine_matmul_gflops_max": 300.0,
-                     "machine_copy_gbps_min": 20.0, "machine_copy_gbps_max": 22.0}
+                     "machine_copy_gbps_min": 20.0, "machine_copy_gbps_max": 22.0,
+                     "machine_matmul_gflops_median": 255.0, "machine_copy_gbps_median": 21.0}
     history = in_store.client().get_metric_history(run.info.run_id, "machine_matmul_gflops")
     assert [(m.step, m.value) for m in history] == [(0, 300.0)]
