@@ -50,7 +50,7 @@ METRICS = {  # table column -> MLflow metric
     "examples_per_s": "inference_examples_per_s",
     "train_examples": "data_train_size",
 }
-# The runner's machine canary (resources.machine_speed): each run's slowest and fastest sample
+# The runner's machine canary (resources.machine_speed): each run logs its median sample of each
 SPEEDS = {"machine_matmul_gflops": ("a 512² matmul", "GFLOP/s"), "machine_copy_gbps": ("a 32 MB copy", "GB/s"),
           "machine_block_tokens_per_s": ("a transformer block", "tokens/s")}
 SPEED_SPREAD = 1.1  # runs whose machine ran at speeds further apart than this get a note on their times

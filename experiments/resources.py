@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import statistics
 import threading
 import time
 
@@ -65,7 +66,6 @@ def release_memory() -> bool:
     return _MALLOC_TRIM is not None and _MALLOC_TRIM(0) == 1
 
 
-
 def _median_rate(work: float, fn, seconds: float) -> float:
     for _ in range(3):  # first calls (threads waking, kernel selection, page faults) are no part of the rate
         fn()
@@ -74,7 +74,7 @@ def _median_rate(work: float, fn, seconds: float) -> float:
         t0 = time.perf_counter()
         fn()
         rates.append(work / (time.perf_counter() - t0))
-    return float(sorted(rates)[len(rates) // 2])
+    return statistics.median(rates)
 
 
 def machine_speed(seconds: float = 0.01) -> dict[str, float]:

@@ -389,7 +389,7 @@ def summarise(fitted: Fitted, strategy: Strategy, data: Dataset) -> dict[str, fl
         "rss_at_start_mb": fit_m.start_rss_mb,
         "peak_cuda_mb": max(fit_m.peak_cuda_mb, inf_m.peak_cuda_mb),
     }
-    # The machine's own speed over the run (its slowest and fastest sample): times taken while it ran slow
+    # The machine's own speed over the run (slowest, median, fastest sample): times taken while it ran slow
     # are the machine's, not the strategy's (the report says when its runs' machine speeds differ)
     for key in fitted.speeds[0] if fitted.speeds else ():
         samples = [s[key] for s in fitted.speeds]
