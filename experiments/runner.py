@@ -33,7 +33,7 @@ from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError, UserError
 from .identity import config_hash, run_params
 from .metrics import Evaluation, confusion_figure, evaluate
-from .resources import Measure, machine_speed, release_memory
+from .resources import MACHINE_SPEED_KEYS, Measure, machine_speed, release_memory
 from .schema import check_arguments, validate
 
 log = logging.getLogger("transfer_bench")
@@ -207,7 +207,7 @@ def _run(cfg: DictConfig) -> float | None:
     with tracking.tracked_run(experiment_id, run_name, tags, run_id=resume_id) as active:
         remember_run(ckpt_dir, active.info.run_id)  # what resume=true continues if this process dies
         log_inputs(cfg, data, resumed=resume_id is not None)
-        fitted = fit_and_predict(cfg, strategy, data)
+        fitted = fit_and_predict(cfg, strategy, data, resumed=resume_id is not None)
         summary = summarise(fitted, strategy, data)
         log_outputs(cfg, fitted, summary, strategy, data, run_name)
         tracking.log_metrics({"wall_time_s": time.perf_counter() - t_start})
@@ -316,14 +316,19 @@ class Fitted:
     saved_in_fit_s: float  # of FitReport.time_saved_s, the part saved while fitting (not predicting)
     report: FitReport  # read after predicting
     evaluation: Evaluation  # the test metrics
-    speeds: list[dict]  # machine_speed() before fitting, after each epoch and after predicting (machine_canary)
+    speeds: list[dict]  # machine_speed() before fitting, after each epoch and after predicting (machine_canary),
+    # a continued run's earlier processes' samples first
 
 
-def fit_and_predict(cfg: DictConfig, strategy: Strategy, data: Dataset) -> Fitted:
+CANARY_EVERY_S = 30.0  # the most often an epoch boundary samples the machine's speed
+
+
+def fit_and_predict(cfg: DictConfig, strategy: Strategy, data: Dataset, resumed: bool = False) -> Fitted:
     """Fit (logging each epoch's scores on the validation split), then predict the test split, timed."""
     val_scores: dict[int, dict] = {}
-    speeds: list[dict] = []
+    speeds = earlier_speeds() if resumed and cfg.get("machine_canary", True) else []
     sampled_at = [0.0]
+    fit_m, inf_m = Measure(), Measure()
 
     def sample_speed(every_s: float = 0.0) -> dict:
         """The machine's speed now (machine_canary), if every_s have passed since the last sample: at the
@@ -333,7 +338,8 @@ def fit_and_predict(cfg: DictConfig, strategy: Strategy, data: Dataset) -> Fitte
         if not cfg.get("machine_canary", True) or time.perf_counter() - sampled_at[0] < every_s:
             return {}
         try:
-            speeds.append(machine_speed())
+            with fit_m.excluded():  # its temporaries are not the strategy's memory
+                speeds.append(machine_speed())
         except Exception as e:  # a canary must never end a run of hours; the run just has fewer samples
             log.warning("machine_canary: sampling the machine's speed failed (%s: %s)", type(e).__name__, e)
             return {}
@@ -345,7 +351,7 @@ def fit_and_predict(cfg: DictConfig, strategy: Strategy, data: Dataset) -> Fitte
         tracking.log_metrics(first, step=0)
 
     def on_epoch(epoch: int, scalars: dict, val_proba) -> None:
-        metrics = {k: float(v) for k, v in scalars.items()} | sample_speed(every_s=30.0)
+        metrics = {k: float(v) for k, v in scalars.items()} | sample_speed(every_s=CANARY_EVERY_S)
         if val_proba is not None:
             val = evaluate(*data.shown(data.val.labels, val_proba), data.display_names, prefix="val_").scalars
             val_scores[epoch] = {k: val[k] for k in ("val_accuracy", "val_f1_macro", "val_log_loss")}
@@ -354,10 +360,10 @@ def fit_and_predict(cfg: DictConfig, strategy: Strategy, data: Dataset) -> Fitte
         log.info("%s: %s", epoch_label(cfg, epoch), "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
     try:
-        with Measure() as fit_m:
+        with fit_m:
             strategy.fit(data.train, data.val, on_epoch)
         saved_in_fit = float(strategy.fit_report().time_saved_s or 0.0)
-        with Measure() as inf_m:
+        with inf_m:
             proba = strategy.predict_proba(data.test.texts)
     except (RuntimeError, MemoryError) as e:
         if _is_oom(e):
@@ -371,6 +377,17 @@ def fit_and_predict(cfg: DictConfig, strategy: Strategy, data: Dataset) -> Fitte
     return Fitted(proba, fit_m, inf_m, val_scores, saved_in_fit, strategy.fit_report(),
                   evaluate(*data.shown(data.test.labels, proba), data.display_names),  # data.label_names' order
                   speeds)
+
+
+def earlier_speeds() -> list[dict]:
+    """The machine-speed samples a continued run's earlier processes logged (each logged every sample but the
+    one after predicting, which a finished process takes): the run's slowest, median and fastest then cover
+    all its hours, not only the last process's."""
+    try:
+        return tracking.logged_series(MACHINE_SPEED_KEYS)
+    except Exception as e:  # as sample_speed: never the reason a run of hours ends
+        log.warning("machine_canary: reading the earlier samples failed (%s: %s)", type(e).__name__, e)
+        return []
 
 
 def summarise(fitted: Fitted, strategy: Strategy, data: Dataset) -> dict[str, float]:
@@ -392,10 +409,12 @@ def summarise(fitted: Fitted, strategy: Strategy, data: Dataset) -> dict[str, fl
     }
     # The machine's own speed over the run (slowest, median, fastest sample): times taken while it ran slow
     # are the machine's, not the strategy's (the report says when its runs' machine speeds differ)
-    for key in fitted.speeds[0] if fitted.speeds else ():
-        samples = [s[key] for s in fitted.speeds]
+    for key in fitted.speeds[-1] if fitted.speeds else ():
+        samples = [s[key] for s in fitted.speeds if key in s]
         summary |= {f"{key}_min": min(samples), f"{key}_max": max(samples),
                     f"{key}_median": float(np.median(samples))}  # what the report compares between runs
+    if fitted.speeds:
+        summary["machine_samples"] = len(fitted.speeds)  # how many samples the three figures above rest on
     # Work a strategy skipped by reusing stored results (the feature cache): the measured times leave it
     # out, so the report also gets what the run would have cost without them (an estimate).
     saved = float(report.time_saved_s or 0.0)

@@ -159,6 +159,14 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     mlflow.log_metrics(dict(metrics), step=step)
 
 
+def logged_series(keys: list[str]) -> list[dict[str, float]]:
+    """The active run's values of metrics that are always logged together (one dict per logging, in order):
+    what an earlier process of a continued run logged."""
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+    histories = [sorted(client.get_metric_history(run_id, k), key=lambda m: (m.timestamp, m.step)) for k in keys]
+    return [dict(zip(keys, (m.value for m in row), strict=True)) for row in zip(*histories, strict=True)]  # logged in one call: as many of each
+
+
 def log_figure(fig, path: str) -> None:
     import matplotlib.pyplot as plt
 

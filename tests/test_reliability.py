@@ -306,6 +306,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_overrides, mlflow_
     # training time up to the checkpoint: positive, and within the killed process's lifetime
     assert 0 < float(run_info.data.params["runtime.train_time_before_resume_s"]) < killed_after
     assert not list(work.glob("checkpoints/*"))  # removed once FINISHED
+    # the machine's speed over the whole run: the killed process's samples count too (each process logged one
+    # before fitting; the resumed one also sampled after predicting, never logged as a step)
+    logged = [m.value for m in mlflow_store.client().get_metric_history(run_id, "machine_matmul_gflops")]
+    metrics = run_info.data.metrics
+    assert len(logged) >= 2 and metrics["machine_samples"] == len(logged) + 1
+    assert metrics["machine_matmul_gflops_min"] <= min(logged) <= max(logged) <= metrics["machine_matmul_gflops_max"]
 
 
 def test_same_config_and_seed_give_identical_metrics(tiny_overrides, in_store):
