@@ -24,26 +24,29 @@ class Measure:
         self.peak_rss_mb = 0.0
         self.peak_cuda_mb = 0.0
         self._stop = threading.Event()
-        self._excluded = 0  # bumped entering and leaving excluded(): odd while inside
+        self._depth = 0  # excluded() blocks open now
+        self._entries = 0  # excluded() blocks entered or left so far
 
     def _sample(self) -> None:
         proc = psutil.Process()
         while not self._stop.is_set():
-            before = self._excluded
+            before = self._entries
             rss = proc.memory_info().rss / 2**20
-            if before % 2 == 0 and self._excluded == before:  # read wholly outside an excluded() block
+            if self._depth == 0 and self._entries == before:  # read wholly outside any excluded() block
                 self.peak_rss_mb = max(self.peak_rss_mb, rss)
             self._stop.wait(self.interval)
 
     @contextlib.contextmanager
     def excluded(self):
         """Work inside the block whose memory is not the block's (the machine canary's ~90 MB of temporaries
-        between epochs): the RSS sampled meanwhile is not counted. Its time still is."""
-        self._excluded += 1
+        between epochs): RSS read while it runs is not counted. Its time still is."""
+        self._depth += 1
+        self._entries += 1
         try:
             yield
         finally:
-            self._excluded += 1
+            self._depth -= 1
+            self._entries += 1
 
     def __enter__(self) -> Measure:
         self.start_rss_mb = psutil.Process().memory_info().rss / 2**20

@@ -409,12 +409,12 @@ def summarise(fitted: Fitted, strategy: Strategy, data: Dataset) -> dict[str, fl
     }
     # The machine's own speed over the run (slowest, median, fastest sample): times taken while it ran slow
     # are the machine's, not the strategy's (the report says when its runs' machine speeds differ)
-    for key in fitted.speeds[-1] if fitted.speeds else ():
+    for key in dict.fromkeys(k for sample in fitted.speeds for k in sample):  # an earlier process may lack some
         samples = [s[key] for s in fitted.speeds if key in s]
         summary |= {f"{key}_min": min(samples), f"{key}_max": max(samples),
                     f"{key}_median": float(np.median(samples))}  # what the report compares between runs
     if fitted.speeds:
-        summary["machine_samples"] = len(fitted.speeds)  # how many samples the three figures above rest on
+        summary["machine_samples"] = len(fitted.speeds)  # how many samples the figures above rest on (at most)
     # Work a strategy skipped by reusing stored results (the feature cache): the measured times leave it
     # out, so the report also gets what the run would have cost without them (an estimate).
     saved = float(report.time_saved_s or 0.0)

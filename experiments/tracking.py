@@ -160,11 +160,16 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
 
 
 def logged_series(keys: list[str]) -> list[dict[str, float]]:
-    """The active run's values of metrics that are always logged together (one dict per logging, in order):
-    what an earlier process of a continued run logged."""
+    """The active run's values of metrics logged together (one dict per logging call, oldest first, with the
+    keys that call logged): what an earlier process of a continued run logged. One call's values share a
+    timestamp and a step; a call cut short (a killed process, a file store writing one metric at a time) just
+    lacks some keys."""
     client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
-    histories = [sorted(client.get_metric_history(run_id, k), key=lambda m: (m.timestamp, m.step)) for k in keys]
-    return [dict(zip(keys, (m.value for m in row), strict=True)) for row in zip(*histories, strict=True)]  # logged in one call: as many of each
+    calls: dict[tuple[int, int], dict[str, float]] = {}
+    for key in keys:
+        for m in client.get_metric_history(run_id, key):
+            calls.setdefault((m.timestamp, m.step), {})[key] = m.value
+    return [calls[when] for when in sorted(calls)]
 
 
 def log_figure(fig, path: str) -> None:

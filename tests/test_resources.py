@@ -45,11 +45,33 @@ def test_measure_reports_the_block_and_its_start():
 def test_measure_leaves_out_what_an_excluded_block_held():
     with Measure(interval=0.001) as m:
         with m.excluded():
+            with m.excluded():
+                pass  # a nested block that ends leaves the outer one excluded
             junk = bytearray(256 * 2**20)  # touched: 256 MB resident, sampled many times meanwhile
             time.sleep(0.05)
             del junk  # one mapping: back to the OS at once
         time.sleep(0.02)
     assert m.peak_rss_mb < m.start_rss_mb + 100
+
+
+def test_a_continued_run_reads_each_earlier_sample_whole(in_store):
+    """The samples a killed process logged, one dict per logging call in order, a call cut short included."""
+    import mlflow
+
+    from experiments import tracking
+
+    keys = ["machine_matmul_gflops", "machine_copy_gbps"]
+    with tracking.tracked_run(tracking.setup(in_store.uri, "series"), "s", {}):
+        mlflow.log_metrics({"machine_matmul_gflops": 300.0, "machine_copy_gbps": 20.0}, step=0)  # first process
+        mlflow.log_metrics({"machine_matmul_gflops": 250.0, "machine_copy_gbps": 21.0, "val_accuracy": 0.8}, step=1)
+        mlflow.log_metrics({"machine_matmul_gflops": 200.0}, step=2)  # killed while logging
+        time.sleep(0.01)
+        mlflow.log_metrics({"machine_matmul_gflops": 310.0, "machine_copy_gbps": 19.0}, step=0)  # the resumed one
+        assert tracking.logged_series(keys) == [
+            {"machine_matmul_gflops": 300.0, "machine_copy_gbps": 20.0},
+            {"machine_matmul_gflops": 250.0, "machine_copy_gbps": 21.0},
+            {"machine_matmul_gflops": 200.0},
+            {"machine_matmul_gflops": 310.0, "machine_copy_gbps": 19.0}]
 
 
 def test_machine_speed_reads_compute_and_memory_rates():
