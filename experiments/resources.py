@@ -38,7 +38,7 @@ class Measure:
 
     @contextlib.contextmanager
     def excluded(self):
-        """Work inside the block whose memory is not the block's (the machine canary's ~90 MB of temporaries
+        """Work inside the block whose memory is not the block's (the machine canary's buffers, two of 32 MB,
         between epochs): RSS read while it runs is not counted. Its time still is."""
         self._depth += 1
         self._entries += 1

@@ -316,8 +316,7 @@ class Fitted:
     saved_in_fit_s: float  # of FitReport.time_saved_s, the part saved while fitting (not predicting)
     report: FitReport  # read after predicting
     evaluation: Evaluation  # the test metrics
-    speeds: list[dict]  # machine_speed() before fitting, after each epoch and after predicting (machine_canary),
-    # a continued run's earlier processes' samples first
+    speeds: list[dict]  # machine_speed() samples (machine_canary), a continued run's earlier processes' first
 
 
 CANARY_EVERY_S = 30.0  # the most often an epoch boundary samples the machine's speed

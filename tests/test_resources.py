@@ -122,7 +122,7 @@ def test_a_run_logs_the_machine_speeds_span_unless_off(canary, tiny_overrides, i
 
 
 def test_the_canary_between_epochs_is_not_the_runs_memory(tiny_overrides, in_store, monkeypatch):
-    """A sample between epochs holds ~90 MB of temporaries inside the fit's measurement; they are left out of
+    """A sample between epochs holds its buffers (two of 32 MB) inside the fit's measurement; they are left out of
     the run's peak RSS (here 400 MB, held while the sample runs)."""
     from experiments import runner
 
